@@ -1,0 +1,35 @@
+"""What every top-level script shares: one-line errors, exit codes, the final JSON result."""
+
+import json
+import sys
+
+from .files import KitError
+
+
+def run(main):
+    """Call ``main()``; a KitError becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    try:
+        result = main()
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept, no output is half-written", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result or 0)
+
+
+def print_result(result):
+    """timm-style: one JSON document at the end of the run."""
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+def csv_ints(text):
+    """``"1,4,8"`` → ``[1, 4, 8]`` for --batch-sizes style flags."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError as exc:
+        raise KitError(f"{text!r}: expected comma-separated whole numbers such as 1,4,8") from exc
+    if not values or any(value < 1 for value in values):
+        raise KitError(f"{text!r}: expected comma-separated whole numbers ≥ 1 such as 1,4,8")
+    return values

@@ -1,0 +1,159 @@
+"""Step 2: export an open_clip model's towers to ONNX with the reference I/O contract, and check them.
+
+Each graph has one input and one L2-normalised output with a dynamic batch axis:
+``image`` float32 [B,3,H,W] → ``image_embed`` and ``text`` int64 [B,L] → ``text_embed``.
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .files import KitError, atomic_path
+
+DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    tower: str
+    input_name: str
+    output_name: str
+    input_format: str  # atc --input_format
+
+
+TOWERS = {
+    "vision": TowerSpec("vision", "image", "image_embed", "NCHW"),
+    "text": TowerSpec("text", "text", "text_embed", "ND"),
+}
+
+
+def onnx_path(prefix, tower):
+    return Path(f"{prefix}_{tower}.onnx")
+
+
+def tower_module(model, tower):
+    """A module whose forward is one tower's normalised embedding (one input, one output)."""
+    import torch
+
+    class VisionTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            return self.model.encode_image(image, normalize=True)
+
+    class TextTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, text):
+            # int32 tokens make the graph's ArgMax (EOT pooling) int32, which every ONNX Runtime
+            # and converter supports; ids < 49408 so the result is unchanged.
+            return self.model.encode_text(text.to(torch.int32), normalize=True)
+
+    return (VisionTower if tower == "vision" else TextTower)().eval()
+
+
+def input_geometry(model):
+    """(image size (H, W), context length) read from the model itself."""
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return size, int(model.context_length if hasattr(model, "context_length") else model.text.context_length)
+
+
+def example_inputs(model, tower, batch, seed=0):
+    """Fresh inputs: normalised-range pixels, or token rows SOT … EOT 0 … of random lengths."""
+    rng = np.random.default_rng(seed)
+    (height, width), context_length = input_geometry(model)
+    if tower == "vision":
+        return rng.standard_normal((batch, 3, height, width)).astype(np.float32)
+    tokens = np.zeros((batch, context_length), dtype=np.int64)
+    for row in tokens:
+        length = int(rng.integers(1, context_length - 1))
+        row[0] = 49406
+        row[1:length + 1] = rng.integers(1, 49406, size=length)
+        row[length + 1] = 49407
+    return tokens
+
+
+def export_tower(model, tower, path, opset=DEFAULT_OPSET):
+    """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output."""
+    import torch
+
+    spec = TOWERS[tower]
+    module = tower_module(model, tower)
+    example = torch.from_numpy(example_inputs(model, tower, batch=2))
+    # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
+    # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # the exporter's and tracer's notes on open_clip internals are not actionable for a user
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module, (example,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[spec.input_name], output_names=[spec.output_name],
+            dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
+            do_constant_folding=True,
+        )
+        _fix_output_width(tmp, module(example).shape[-1])
+    return Path(path)
+
+
+def _fix_output_width(path, width):
+    """Write the embedding width into the output shape ([batch, D]); the tracer leaves it symbolic."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    dim = graph_model.graph.output[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = int(width)
+    onnx.save(graph_model, str(path))
+
+
+def torch_embeddings(model, tower, inputs):
+    import torch
+
+    with torch.no_grad():
+        return tower_module(model, tower)(torch.from_numpy(inputs)).numpy()
+
+
+def compare_embeddings(reference, candidate):
+    """max abs diff and min / mean cosine between two (N, D) embedding sets."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    cosine = (reference * candidate).sum(-1) / (
+        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    return {"max_abs_diff": float(np.abs(reference - candidate).max()),
+            "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+
+
+def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERANCE):
+    """ONNX Runtime vs PyTorch on fresh inputs; raises KitError when max abs diff exceeds ``tolerance``."""
+    from .backends import OnnxRuntimeSession
+
+    session = OnnxRuntimeSession(path)
+    results = {}
+    for seed, batch in enumerate(batch_sizes, start=1):
+        inputs = example_inputs(model, tower, batch, seed=seed)
+        results[batch] = compare_embeddings(torch_embeddings(model, tower, inputs), session.run(inputs))
+    worst = max(result["max_abs_diff"] for result in results.values())
+    if worst > tolerance:
+        raise KitError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:g}); "
+                       "try another --opset or report the model name")
+    return results
+
+
+def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True):
+    """Export the towers; returns {tower: {"path": …, "parity": {batch: stats}}}."""
+    report = {}
+    for tower in towers:
+        if tower not in TOWERS:
+            raise KitError(f"--towers: unknown tower {tower!r}; choose from vision, text")
+        path = export_tower(model, tower, onnx_path(prefix, tower), opset)
+        report[tower] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
+    return report

@@ -1,0 +1,111 @@
+"""Loading open_clip models offline: the bundled tiny model, local checkpoints, cached tags.
+
+The kit never downloads weights: a tag is used only when its file is already in the local
+Hugging Face cache, otherwise the error says which file to fetch and how to pass it.
+"""
+
+import contextlib
+import logging
+import posixpath
+from pathlib import Path
+
+from .files import KitError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_MODEL = "openclip-ascend-tiny"
+TINY_CONFIG = ASSETS / f"{TINY_MODEL}.json"
+TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
+
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def open_clip_module():
+    """Import open_clip with the kit's own model configs registered."""
+    import open_clip
+
+    if TINY_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(TINY_CONFIG)
+    return open_clip
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs a warning whenever a model is built without weights; the kit loads them itself."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def check_model_name(model_name):
+    open_clip = open_clip_module()
+    if model_name not in open_clip.list_models():
+        raise KitError(f"--model-name {model_name!r} is not an open_clip model config; "
+                       f"known names include ViT-B-32, ViT-B-16, ViT-L-14 and {TINY_MODEL} "
+                       "(open_clip.list_models() lists them all)")
+    return open_clip
+
+
+def _hf_location(tag_cfg):
+    """(repo id, weight file names to try) of a tag on the Hugging Face hub, read as open_clip reads it."""
+    repo_id, file_name = posixpath.split(tag_cfg["hf_hub"])
+    return repo_id, ([file_name] if file_name else list(_WEIGHT_FILES))
+
+
+def resolve_checkpoint(model_name, pretrained):
+    """Path of the weights to load, or None for random weights (``pretrained`` empty)."""
+    if not pretrained:
+        return None
+    if Path(pretrained).is_file():
+        return Path(pretrained)
+    open_clip = check_model_name(model_name)
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise KitError(f"--pretrained {pretrained!r}: no such file, and not a pretrained tag of {model_name} "
+                       f"(its tags: {tags}); pass a local checkpoint file")
+    if tag_cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, names = _hf_location(tag_cfg)
+        for name in names:
+            cached = try_to_load_from_cache(repo_id, name)
+            if isinstance(cached, str) and Path(cached).is_file():
+                return Path(cached)
+        source = f"https://huggingface.co/{repo_id}/resolve/main/{names[-1]}"
+    else:
+        source = tag_cfg.get("url", "the URL listed by open_clip.get_pretrained_cfg")
+    raise KitError(f"--pretrained {pretrained}: the weights of {model_name}/{pretrained} are not on this machine "
+                   f"and this kit never downloads; fetch {source} and pass --pretrained /path/to/that/file")
+
+
+def load_model(model_name, pretrained=None):
+    """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag)."""
+    open_clip = check_model_name(model_name)
+    checkpoint = resolve_checkpoint(model_name, pretrained)
+    with _quiet_open_clip():
+        model = open_clip.create_model(model_name, pretrained=None)
+    if checkpoint is not None:
+        try:
+            open_clip.load_checkpoint(model, str(checkpoint))
+        except Exception as exc:  # torch, safetensors and open_clip each raise their own types here
+            detail = "; ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
+            raise KitError(f"{checkpoint}: these weights do not fit --model-name {model_name} ({detail}); pass "
+                           "an open_clip checkpoint of that model, or the model name it was trained as") from exc
+    return model.eval()
+
+
+def preprocess_config(model, model_name=None, pretrained=None):
+    """The model's eval preprocessing, with a pretrained tag's own mean/std/interpolation on top."""
+    from .transforms import PreprocessConfig
+
+    open_clip = open_clip_module()
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    if pretrained and model_name and not Path(pretrained).is_file():
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+        cfg.update({key: tag_cfg[key] for key in ("mean", "std", "interpolation", "resize_mode", "fill_color")
+                    if tag_cfg.get(key) is not None})
+    return PreprocessConfig.from_dict(cfg)

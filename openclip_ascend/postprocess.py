@@ -1,0 +1,77 @@
+"""Step 5: read ais_bench-layout embedding folders, pair them with the captions, compute recall@k."""
+
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Caption, Manifest
+from .files import KitError, natural_key
+from .metrics import DEFAULT_RECALL_K, retrieval_metrics
+
+OUTPUT_SUFFIX = "_0"  # ais_bench names output 0 of input X.npy "X_0.npy"
+
+
+def _read_output(path):
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".bin":
+        return np.fromfile(path, dtype=np.float32)  # ais_bench writes the raw float32 output
+    return np.loadtxt(path, dtype=np.float32, ndmin=2)
+
+
+def read_embedding_dir(folder):
+    """{input stem: (D,) float32} from an ais_bench output folder, ``device{N}/`` subfolders included.
+
+    Summary files (``sumary.json`` inside, ``*_summary.json`` beside) are not outputs and are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KitError(f"{folder}: embedding folder not found; point it at ais_bench's --output/--output_dirname")
+    embeddings = {}
+    for path in sorted(folder.rglob("*_0.*"), key=lambda p: natural_key(p.name)):
+        if path.suffix not in (".npy", ".bin", ".txt"):
+            continue
+        stem = path.name.split(".", 1)[0][: -len(OUTPUT_SUFFIX)]
+        embeddings[stem] = _read_output(path).reshape(-1)
+    if not embeddings:
+        raise KitError(f"{folder}: no ais_bench outputs (*_0.npy / *_0.bin) found; run the inference step first")
+    return embeddings
+
+
+def manifest_from_names(image_embeds, text_embeds):
+    """Without a manifest, pair as the reference did: caption ``{stem}_{k}`` belongs to image ``{stem}``."""
+    stems = sorted(image_embeds, key=natural_key)
+    index = {stem: i for i, stem in enumerate(stems)}
+    captions = []
+    for caption_stem in sorted(text_embeds, key=natural_key):
+        owner = caption_stem.rsplit("_", 1)[0]
+        if owner not in index:
+            raise KitError(f"text output {caption_stem}_0: no image output {owner}_0 to pair it with; "
+                           "pass --manifest to pair through the preprocessing manifest")
+        captions.append(Caption(stem=caption_stem, image=index[owner], text=""))
+    return Manifest(images=stems, captions=captions)
+
+
+def _gather(embeddings, stems, kind, folder):
+    missing = [stem for stem in stems if stem not in embeddings]
+    if missing:
+        raise KitError(f"{folder}: {len(missing)} of {len(stems)} {kind} outputs missing (first: {missing[0]}_0); "
+                       "re-run inference on the full input folder")
+    widths = {embeddings[stem].shape[0] for stem in stems}
+    if len(widths) != 1:
+        raise KitError(f"{folder}: {kind} outputs have different widths {sorted(widths)}; they come from different models")
+    return np.stack([embeddings[stem] for stem in stems])
+
+
+def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL_K):
+    """recall@k of two ais_bench output folders; returns (metrics, counts)."""
+    image_embeds = read_embedding_dir(vision_dir)
+    text_embeds = read_embedding_dir(text_dir)
+    manifest = Manifest.load(manifest_path) if manifest_path else manifest_from_names(image_embeds, text_embeds)
+    images = _gather(image_embeds, manifest.image_stems, "image", vision_dir)
+    texts = _gather(text_embeds, [caption.stem for caption in manifest.captions], "text", text_dir)
+    if images.shape[1] != texts.shape[1]:
+        raise KitError(f"embedding widths differ: {vision_dir} has {images.shape[1]}, {text_dir} has "
+                       f"{texts.shape[1]}; the two towers must come from the same model")
+    metrics = retrieval_metrics(images, texts, [caption.image for caption in manifest.captions], ks)
+    return metrics, {"images": len(images), "captions": len(texts)}

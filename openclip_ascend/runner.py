@@ -1,0 +1,185 @@
+"""Step 4: run a session over per-sample input files exactly the way ais_bench lays out its work.
+
+Input files are natural-sorted, stacked ``model batch / file batch`` at a time, the last short
+batch padded with copies of its own first file (padding runs, is timed, and is never saved), and
+each output is written as ``{input stem}_0.{npy|bin|txt}`` in ``output/output_dirname``, with
+``{output_dirname}_summary.json`` beside that folder and ais_bench's summary lines on stdout.
+Compute time is taken around the synchronous ``run`` call only, as ais_bench times the execute.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .dataset import image_stem
+from .files import KitError, atomic_path, natural_key, save_npy, write_json
+
+OUTPUT_FORMATS = ("NPY", "BIN", "TXT")
+
+
+def list_input_files(inputs):
+    """ais_bench ``--input``: comma-separated folders and/or files → natural-sorted ``.npy`` paths."""
+    files = []
+    for item in str(inputs).split(","):
+        path = Path(item.strip())
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.suffix == ".npy"]
+            if not found:
+                raise KitError(f"{path}: no .npy files in this input folder; run openclip_preprocess.py first")
+            files.extend(sorted(found, key=lambda p: natural_key(p.name)))
+        elif path.is_file():
+            if path.suffix != ".npy":
+                raise KitError(f"{path}: only .npy inputs are supported; convert it or use openclip_preprocess.py")
+            files.append(path)
+        else:
+            raise KitError(f"{path}: --input path not found")
+    return files
+
+
+def model_batch_size(session, batch_size):
+    """The batch one run takes: a static first axis wins over ``--batchsize``, as on an OM."""
+    static = session.input_shape[0]
+    return static if static is not None else batch_size
+
+
+def _check_sample(path, array, session):
+    expected = session.input_shape[1:]
+    if array.dtype != session.input_dtype or array.ndim != len(session.input_shape) or any(
+            want is not None and got != want for got, want in zip(array.shape[1:], expected)):
+        shape = "×".join("B" if d is None else str(d) for d in session.input_shape)
+        raise KitError(f"{path}: array is {array.dtype} {tuple(array.shape)}, the model's input "
+                       f"{session.input_name!r} takes {session.input_dtype} {shape}; re-run openclip_preprocess.py "
+                       "with the model's --model-name")
+
+
+def _save_output(path_stem, array, outfmt):
+    if outfmt == "NPY":
+        save_npy(f"{path_stem}.npy", array)
+    elif outfmt == "BIN":
+        with atomic_path(f"{path_stem}.bin") as tmp:
+            array.tofile(tmp)
+    else:
+        with atomic_path(f"{path_stem}.txt") as tmp:
+            np.savetxt(tmp, array.reshape(array.shape[0], -1))
+
+
+def stats(times_ms):
+    """ais_bench's summary statistics of a list of times (all zero for an empty list)."""
+    if not len(times_ms):
+        return {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, "percentile(99%)": 0.0, "count": 0}
+    times = np.asarray(times_ms, dtype=np.float64)
+    return {"min": float(times.min()), "max": float(times.max()), "mean": float(times.mean()),
+            "median": float(np.median(times)), "percentile(99%)": float(np.percentile(times, 99)),
+            "count": int(times.size)}
+
+
+def _timed_run(session, batch):
+    start = time.perf_counter()
+    output = session.run(batch)
+    return output, (time.perf_counter() - start) * 1000.0
+
+
+def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, warmup_count=1):
+    """Infer every file; returns (compute times in ms, filesinfo, model batch).
+
+    Writes one output per input file into ``output_dir``; with ``output_dir`` None nothing is
+    saved, as ais_bench saves nothing without ``--output``.
+    """
+    batch = model_batch_size(session, batch_size)
+    samples = [np.load(path) for path in files]
+    for path, array in zip(files, samples):
+        _check_sample(path, array, session)
+    file_batch = samples[0].shape[0]
+    if batch % file_batch:
+        raise KitError(f"{files[0]}: holds {file_batch} samples, which does not divide the model batch {batch}")
+    per_run = batch // file_batch
+    groups = [list(range(i, min(i + per_run, len(files)))) for i in range(0, len(files), per_run)]
+    times, filesinfo = [], {}
+
+    def stacked(group):
+        padded = group + [group[0]] * (per_run - len(group))  # ais_bench pads with the batch's first file
+        return np.concatenate([samples[i] for i in padded], axis=0)
+
+    for _ in range(warmup_count):
+        session.run(stacked(groups[0]))
+    for sample_id, group in enumerate(tqdm(groups, desc=f"infer bs{batch}", unit="batch")):
+        inputs = stacked(group)
+        for _ in range(loop):
+            output, elapsed = _timed_run(session, inputs)
+            times.append(elapsed)
+        outfiles = []
+        for position, index in enumerate(group if output_dir is not None else ()):
+            rows = output[position * file_batch:(position + 1) * file_batch]
+            target = Path(output_dir) / f"{image_stem(files[index].name)}_0"
+            _save_output(target, rows, outfmt)
+            outfiles.append(f"{target}.{outfmt.lower()}")
+        filesinfo[sample_id] = {"infiles": [str(files[i]) for i in group], "outfiles": outfiles}
+    return times, filesinfo, batch
+
+
+def run_pure(session, batch_size=1, loop=1, warmup_count=1):
+    """Pure-inference throughput on zero-filled data, as ais_bench does without ``--input``."""
+    batch = model_batch_size(session, batch_size)
+    shape = (batch,) + tuple(dim if dim is not None else 1 for dim in session.input_shape[1:])
+    zeros = np.zeros(shape, dtype=session.input_dtype)
+    if session.input_dtype == np.int64 and len(shape) == 2:
+        zeros[:, 0] = 49407  # an all-zero token row has no EOT; put the pooled token first
+    for _ in range(warmup_count):
+        session.run(zeros)
+    times = [_timed_run(session, zeros)[1] for _ in tqdm(range(loop), desc=f"pure infer bs{batch}", unit="loop")]
+    return times, batch
+
+
+def summarise(times_ms, batch, args, filesinfo=None, backend=""):
+    """ais_bench's summary dict: compute-time stats, throughput = 1000 × batch / mean ms."""
+    compute = stats(times_ms)
+    throughput = 1000.0 * batch / compute["mean"] if compute["mean"] else 0.0
+    return {"NPU_compute_time": compute, "H2D_latency": stats([]), "D2H_latency": stats([]),
+            "throughput": throughput, "batchsize": batch, "backend": backend,
+            "npu_compute_time_list": [float(t) for t in times_ms], "filesinfo": filesinfo or {},
+            "args": args, "pid": os.getpid()}
+
+
+def summary_lines(summary):
+    """The lines ais_bench prints, so log parsers written for it read this kit's output too."""
+    compute = summary["NPU_compute_time"]
+    return [
+        "[INFO] -----------------Performance Summary------------------",
+        f"[INFO] NPU_compute_time (ms): min = {compute['min']}, max = {compute['max']}, mean = {compute['mean']}, "
+        f"median = {compute['median']}, percentile(99%) = {compute['percentile(99%)']}",
+        f"[INFO] throughput 1000*batchsize.mean({summary['batchsize']})/NPU_compute_time.mean({compute['mean']}): "
+        f"{summary['throughput']}",
+        "[INFO] ------------------------------------------------------",
+    ]
+
+
+def default_dirname():
+    return time.strftime("%Y_%m_%d-%H_%M_%S")
+
+
+def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1, loop=1,
+          warmup_count=1, args=None):
+    """ais_bench end to end: returns the summary; writes outputs and the summary JSON under ``output``."""
+    outfmt = outfmt.upper()
+    if outfmt not in OUTPUT_FORMATS:
+        raise KitError(f"--outfmt {outfmt!r}: choose NPY, BIN or TXT")
+    if output_dirname and not output:
+        raise KitError("--output_dirname needs --output, as in ais_bench")
+    args = dict(args or {})
+    dirname = output_dirname or default_dirname()
+    if input:
+        files = list_input_files(input)
+        out_dir = Path(output) / dirname if output else None
+        times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    else:
+        times, batch = run_pure(session, batchsize, loop, warmup_count)
+        filesinfo = None
+    summary = summarise(times, batch, args, filesinfo, backend=session.name)
+    if output:
+        write_json(Path(output) / f"{dirname}_summary.json", summary)
+    print("\n".join(summary_lines(summary)))
+    return summary
+

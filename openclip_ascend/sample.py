@@ -1,0 +1,105 @@
+"""A flickr-style sample set the kit makes itself: synthetic scenes and five captions each.
+
+Each image is one coloured shape of some size at one of nine positions on a plain background, in
+varied image sizes and aspect ratios; captions name those attributes in five templates, some with
+commas, quotes and an HTML entity so the CSV quoting and the tokenizer's cleaning are exercised.
+The shape always lies inside the central square, so open_clip's center crop keeps it.
+"""
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .dataset import ANNOTATION_FILE
+from .files import atomic_path
+
+COLORS = {
+    "red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 225), "yellow": (240, 215, 40),
+    "purple": (135, 45, 170), "orange": (250, 135, 20), "white": (246, 246, 246), "black": (12, 12, 12),
+}
+BACKGROUNDS = {
+    "gray": (128, 128, 128), "pink": (245, 175, 200), "teal": (20, 128, 128),
+    "brown": (120, 75, 40), "lavender": (190, 180, 235), "mint": (170, 235, 200),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+SIZES = ("small", "large")
+IMAGE_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (400, 400), (640, 427), (281, 500), (500, 281))
+
+TEMPLATES = (
+    "a {size} {color} {shape} in the {position}.",
+    "{color} {shape} on a {background} background",
+    "A {shape}, coloured {color}, sits at the {position}.",
+    'the {background} picture shows a "{size}" {color} {shape}',
+    "{color} {shape} &amp; {background} backdrop, {position}",
+)
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    position: str
+    size: str
+    background: str
+    width: int
+    height: int
+
+    def captions(self):
+        fields = dict(color=self.color, shape=self.shape, position=self.position, size=self.size,
+                      background=self.background)
+        return [template.format(**fields) for template in TEMPLATES]
+
+    def render(self):
+        img = Image.new("RGB", (self.width, self.height), BACKGROUNDS[self.background])
+        side = min(self.width, self.height)
+        left0, top0 = (self.width - side) // 2, (self.height - side) // 2
+        row, col = divmod(POSITIONS.index(self.position), 3)
+        cell = side / 3
+        cx, cy = left0 + (col + 0.5) * cell, top0 + (row + 0.5) * cell
+        r = cell * (0.45 if self.size == "large" else 0.3)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        fill = COLORS[self.color]
+        draw = ImageDraw.Draw(img)
+        if self.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif self.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif self.shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+        else:
+            t = r / 3
+            draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
+            draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
+        return img
+
+
+def random_scene(rng):
+    width, height = rng.choice(IMAGE_SIZES)
+    return Scene(color=rng.choice(sorted(COLORS)), shape=rng.choice(SHAPES), position=rng.choice(POSITIONS),
+                 size=rng.choice(SIZES), background=rng.choice(sorted(BACKGROUNDS)), width=width, height=height)
+
+
+def random_scenes(count, seed):
+    rng = random.Random(seed)
+    return [random_scene(rng) for _ in range(count)]
+
+
+def write_sample_dir(out_dir, count=100, seed=1234, first_id=1000):
+    """Write ``count`` JPEGs named like flickr30k (``1000.jpg``, …) and the annotation CSV."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for offset, scene in enumerate(random_scenes(count, seed)):
+        name = f"{first_id + offset}.jpg"
+        with atomic_path(out_dir / name) as tmp:
+            scene.render().save(tmp, format="JPEG", quality=90)
+        rows.extend((name, caption) for caption in scene.captions())
+    with atomic_path(out_dir / ANNOTATION_FILE) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")  # quotes as pandas does: minimal, doubled quotes
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    return out_dir

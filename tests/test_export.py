@@ -1,0 +1,110 @@
+"""ONNX export: the I/O contract and parity with PyTorch, on the real ViT-B-32 architecture."""
+
+import numpy as np
+import onnx
+import pytest
+
+from openclip_ascend.backends import OnnxRuntimeSession
+from openclip_ascend.export import check_parity, example_inputs, export_model, onnx_path, torch_embeddings
+from openclip_ascend.files import KitError
+from openclip_ascend.models import load_model
+
+CONTRACT = {
+    "vision": ("image", onnx.TensorProto.FLOAT, "image_embed"),
+    "text": ("text", onnx.TensorProto.INT64, "text_embed"),
+}
+
+
+def assert_contract(prefix, tower, tail_shape, width):
+    graph = onnx.load(str(onnx_path(prefix, tower))).graph
+    input_name, input_type, output_name = CONTRACT[tower]
+    assert [i.name for i in graph.input] == [input_name]
+    assert [o.name for o in graph.output] == [output_name]  # exactly one output: no logit_scale
+    tensor_type = graph.input[0].type.tensor_type
+    assert tensor_type.elem_type == input_type
+    dims = tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch
+    assert [d.dim_value for d in dims[1:]] == list(tail_shape)
+    out_dims = graph.output[0].type.tensor_type.shape.dim
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert out_dims[0].dim_param and out_dims[1].dim_value == width
+
+
+@pytest.fixture(scope="module")
+def vit_b_32(tmp_path_factory):
+    model = load_model("ViT-B-32")  # real architecture, random weights
+    prefix = tmp_path_factory.mktemp("vitb32") / "vit_b_32"
+    return model, prefix, export_model(model, prefix)
+
+
+def test_vit_b_32_contract_and_parity(vit_b_32):
+    model, prefix, report = vit_b_32
+    assert_contract(prefix, "vision", (3, 224, 224), 512)
+    assert_contract(prefix, "text", (77,), 512)
+    for tower in ("vision", "text"):
+        parity = report[tower]["parity"]
+        assert set(parity) == {1, 3}
+        for stats in parity.values():
+            assert stats["max_abs_diff"] <= 1e-4 and stats["min_cosine"] > 0.99999
+
+
+def test_vit_b_32_dynamic_batch_and_normalised(vit_b_32):
+    model, prefix, _ = vit_b_32
+    for tower in ("vision", "text"):
+        session = OnnxRuntimeSession(onnx_path(prefix, tower))
+        for batch in (2, 5):
+            inputs = example_inputs(model, tower, batch, seed=10 + batch)
+            out = session.run(inputs)
+            assert out.shape == (batch, 512)
+            assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+            assert np.abs(out - torch_embeddings(model, tower, inputs)).max() <= 1e-4
+
+
+def test_tiny_model_contract(tiny_onnx):
+    assert_contract(tiny_onnx, "vision", (3, 224, 224), 64)
+    assert_contract(tiny_onnx, "text", (77,), 64)
+
+
+def test_parity_failure_is_reported(tiny_model, tiny_onnx, tmp_path):
+    # the vision graph of the tiny model compared with a different (random) model must fail
+    other = load_model("openclip-ascend-tiny")
+    with pytest.raises(KitError, match="differs from PyTorch"):
+        check_parity(other, "vision", onnx_path(tiny_onnx, "vision"))
+
+
+def test_uncached_tag_fails_fast_with_download_hint(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(KitError) as error:
+        load_model("ViT-B-32", "laion2b_s34b_b79k")
+    message = str(error.value)
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message and "--pretrained" in message
+
+
+def test_unknown_tag_lists_known_ones():
+    with pytest.raises(KitError, match="laion2b_s34b_b79k"):
+        load_model("ViT-B-32", "no_such_tag")
+
+
+def test_checkpoint_of_another_model_is_readable_error(tmp_path):
+    from openclip_ascend.models import TINY_WEIGHTS
+
+    with pytest.raises(KitError, match="do not fit --model-name ViT-B-32"):
+        load_model("ViT-B-32", str(TINY_WEIGHTS))
+
+
+def test_torch2onnx_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
+
+    result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
+                             "--pretrained", str(TINY_WEIGHTS), "--onnx-prefix", str(tmp_path / "m")],
+                            capture_output=True, text=True, check=True)
+    assert "vision batch 3: max abs diff" in result.stdout and "text batch 1: max abs diff" in result.stdout
+    assert (tmp_path / "m_vision.onnx").is_file() and (tmp_path / "m_text.onnx").is_file()
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
