@@ -74,7 +74,77 @@ class TorchSession:
             return self.module(self._torch.from_numpy(batch)).numpy()
 
 
-def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None):
+AIS_BENCH_INSTALL = ("install Ascend's aclruntime and ais_bench wheels (Ascend tools repository, "
+                     "ais-bench_workload/tool/ais_bench), built for this CANN version")
+_ACL_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+               "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "float64": np.float64}
+
+
+def ais_bench_infer_session():
+    """``ais_bench.infer.interface.InferSession``, or a KitError that says what to install.
+
+    PyPI's ``ais-bench-benchmark`` (an unrelated LLM-evaluation tool) also installs a package named
+    ``ais_bench``; it is recognised and refused instead of crashing inside it.
+    """
+    try:
+        from ais_bench.infer.interface import InferSession
+    except ImportError as exc:
+        from importlib.metadata import packages_distributions
+
+        owners = {name.lower().replace("_", "-") for name in packages_distributions().get("ais_bench", [])}
+        if "ais-bench-benchmark" in owners:
+            raise KitError("the installed 'ais_bench' is PyPI's ais-bench-benchmark, an unrelated LLM-evaluation "
+                           f"tool: `pip uninstall ais-bench-benchmark`, then {AIS_BENCH_INSTALL}") from exc
+        missing = getattr(exc, "name", "") or "ais_bench"
+        raise KitError(f"cannot import ais_bench's InferSession ({missing} missing): {AIS_BENCH_INSTALL}") from exc
+    return InferSession
+
+
+class AscendSession:
+    """An OM on an Ascend NPU through ais_bench's InferSession (aclruntime), in this process."""
+
+    name = "ascend"
+
+    def __init__(self, path, device_id=0, dym_batch=None):
+        path = Path(path)
+        if not path.is_file():
+            raise KitError(f"{path}: OM model not found; compile it with convert/onnx2om.py")
+        self.session = ais_bench_infer_session()(int(device_id), str(path))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise KitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        desc = inputs[0]
+        dtype_name = str(desc.datatype).rsplit(".", 1)[-1].lower()
+        if dtype_name not in _ACL_DTYPES:
+            raise KitError(f"{path}: input dtype {desc.datatype} is not one this kit feeds")
+        self.input_name, self.output_name = desc.name, outputs[0].name
+        self.input_dtype = np.dtype(_ACL_DTYPES[dtype_name])
+        shape = [int(d) for d in desc.shape]
+        if dym_batch:
+            self.session.set_dynamic_batchsize(int(dym_batch))
+            shape[0] = int(dym_batch)
+        self.input_shape = tuple(shape)
+
+    def run(self, batch):
+        # static mode: the feed's byte size must equal the model input's exactly (the runner pads)
+        feed = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        output = self.session.infer([feed], mode="static")[0]
+        return np.asarray(output).reshape(feed.shape[0], -1)
+
+    def last_execute_ms(self):
+        """The session's own time for the last execute, as ais_bench reads it for throughput."""
+        summary = self.session.sumary() if hasattr(self.session, "sumary") else self.session.summary()
+        last = summary.exec_time_list[-1]
+        return float(last[1] - last[0]) if isinstance(last, (tuple, list)) else float(last)
+
+    def close(self):
+        for method in ("free_resource", "finalize"):
+            if hasattr(self.session, method):
+                getattr(self.session, method)()
+
+
+def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
+                 dym_batch=None):
     """Pick the session for ``backend``; ``auto`` decides from the model file's suffix."""
     if backend == "torch":
         if not model_name:
@@ -84,8 +154,9 @@ def open_session(backend="auto", model=None, model_name=None, pretrained=None, t
         raise KitError("--model is required: an .onnx file (ONNX Runtime) or an .om file (Ascend)")
     suffix = Path(model).suffix.lower()
     if backend == "ascend" or (backend == "auto" and suffix == ".om"):
-        raise KitError(f"{model}: running .om models needs the Ascend backend (aclruntime/ais_bench), which this "
-                       "version of the kit does not include yet; run the .onnx model, or use ais_bench directly")
+        return AscendSession(model, device, dym_batch)
+    if dym_batch:
+        raise KitError("--dymBatch applies to dynamic-batch OMs; for ONNX use --batchsize")
     if backend in ("auto", "onnxruntime"):
         if suffix != ".onnx":
             raise KitError(f"{model}: not an .onnx file; pass an ONNX model exported by openclip_torch2onnx.py")

@@ -24,12 +24,12 @@ def print_result(result):
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
 
-def csv_ints(text):
-    """``"1,4,8"`` → ``[1, 4, 8]`` for --batch-sizes style flags."""
+def csv_ints(text, minimum=1):
+    """``"1,4,8"`` → ``[1, 4, 8]`` for --batch-sizes / --device style flags."""
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError as exc:
         raise KitError(f"{text!r}: expected comma-separated whole numbers such as 1,4,8") from exc
-    if not values or any(value < 1 for value in values):
-        raise KitError(f"{text!r}: expected comma-separated whole numbers ≥ 1 such as 1,4,8")
+    if not values or any(value < minimum for value in values):
+        raise KitError(f"{text!r}: expected comma-separated whole numbers ≥ {minimum} such as 1,4,8")
     return values

@@ -7,6 +7,7 @@ each output is written as ``{input stem}_0.{npy|bin|txt}`` in ``output/output_di
 Compute time is taken around the synchronous ``run`` call only, as ais_bench times the execute.
 """
 
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -77,9 +78,14 @@ def stats(times_ms):
 
 
 def _timed_run(session, batch):
+    """Run once; the time is the session's own execute time where it keeps one (Ascend), else the
+    host time around the synchronous call."""
     start = time.perf_counter()
     output = session.run(batch)
-    return output, (time.perf_counter() - start) * 1000.0
+    elapsed = (time.perf_counter() - start) * 1000.0
+    if hasattr(session, "last_execute_ms"):
+        elapsed = session.last_execute_ms()
+    return output, elapsed
 
 
 def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, warmup_count=1):
@@ -183,3 +189,53 @@ def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", b
     print("\n".join(summary_lines(summary)))
     return summary
 
+
+
+def split_among_devices(files, devices):
+    """Contiguous shares of the input files, one per device, as ais_bench splits them."""
+    share, extra = divmod(len(files), len(devices))
+    shares, start = [], 0
+    for index in range(len(devices)):
+        end = start + share + (1 if index < extra else 0)
+        shares.append(files[start:end])
+        start = end
+    return shares
+
+
+def _run_on_device(job):
+    """One device's part of a multi-device run, in its own process (one NPU context per process)."""
+    from .backends import open_session
+
+    session_args, device, files, out_dir, batchsize, outfmt, loop, warmup_count = job
+    session = open_session(device=device, **session_args)
+    if files is None:
+        times, batch = run_pure(session, batchsize, loop, warmup_count)
+        return device, times, None, batch
+    times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    return device, times, filesinfo, batch
+
+
+def infer_devices(session_args, devices, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1,
+                  loop=1, warmup_count=1, args=None):
+    """ais_bench ``--device 0,1,…``: one process per device over its share of the inputs, outputs in
+    ``output/dirname/device{N}/``, per-device summaries and their summed throughput."""
+    outfmt = outfmt.upper()
+    dirname = output_dirname or default_dirname()
+    files = list_input_files(input) if input else None
+    shares = split_among_devices(files, devices) if files else [None] * len(devices)
+    root = Path(output) / dirname if output else None
+    jobs = [(session_args, device, share, root / f"device{device}" if root else None, batchsize, outfmt, loop,
+             warmup_count) for device, share in zip(devices, shares) if share is None or share]
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        results = pool.map(_run_on_device, jobs)
+    per_device = {}
+    for device, times, filesinfo, batch in results:
+        per_device[str(device)] = summarise(times, batch, dict(args or {}, device=device), filesinfo, "ascend")
+        print(f"[INFO] device {device}:")
+        print("\n".join(summary_lines(per_device[str(device)])))
+    total = sum(summary["throughput"] for summary in per_device.values())
+    print(f"[INFO] summary throughput:{total}")
+    summary = {"throughput": total, "devices": per_device, "args": dict(args or {})}
+    if output:
+        write_json(Path(output) / f"{dirname}_summary.json", summary)
+    return summary

@@ -1,0 +1,188 @@
+"""Step 3: ONNX → OM with atc, one OM per tower × batch size (or one dynamic-batch OM per tower).
+
+Commands are the reference ones: ``atc --framework=5 --model=X.onnx --output=PREFIX
+--input_format=NCHW|ND --input_shape="<name>:<shape>" --log=error --soc_version=Ascend<Name>``, the
+input name and shape read from the ONNX graph itself so any model and image size works. atc may
+write ``PREFIX.om`` or ``PREFIX_linux_<arch>.om``; the produced file is looked up, never assumed.
+"""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .export import TOWERS, onnx_path
+from .files import KitError, atomic_path, write_json
+
+ATC_SUCCESS = "ATC run success"
+ERROR_CODE = re.compile(r"\b(E[0-9A-Z]{5})\b")
+PRECISION_FLAGS = ("--precision_mode", "--precision_mode_v2")
+
+
+@dataclass
+class AtcJob:
+    tower: str
+    batch: str  # "8", or "1,4,8" for a dynamic-batch OM
+    onnx: Path
+    output: Path  # atc --output: no suffix
+    command: list
+    status: str = "pending"
+    seconds: float = 0.0
+    om: Path = None
+    error: str = ""
+    log: Path = field(init=False)
+
+    def __post_init__(self):
+        self.log = self.output.with_name(self.output.name + ".atc.log")
+
+    @property
+    def record(self):
+        return self.output.with_name(self.output.name + ".atc.json")
+
+
+def graph_input(path):
+    """(input name, dims with None for symbolic ones) of a single-input ONNX graph."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: ONNX model not found; export it with openclip_torch2onnx.py")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise KitError(f"{path}: expected one graph input, found {[i.name for i in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
+
+
+def input_shape_arg(name, dims, batch):
+    """``image:8,3,224,224``; ``batch`` -1 for a dynamic-batch OM."""
+    if any(d is None for d in dims[1:]):
+        raise KitError(f"input {name!r} has a symbolic non-batch axis {dims}; export with fixed image size and context")
+    return f"{name}:" + ",".join(str(d) for d in [batch] + list(dims[1:]))
+
+
+def precision_args(precision_mode=None, precision_mode_v2=None):
+    if precision_mode and precision_mode_v2:
+        raise KitError("--precision-mode and --precision-mode-v2 cannot be combined: atc takes one of them")
+    if precision_mode:
+        return [f"--precision_mode={precision_mode}"]
+    if precision_mode_v2:
+        return [f"--precision_mode_v2={precision_mode_v2}"]
+    return []
+
+
+def om_stem(prefix, tower, batch_label, tag=""):
+    return Path(f"{prefix}_{tower}_{batch_label}" + (f"_{tag}" if tag else ""))
+
+
+def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dynamic_batch=False,
+              precision_mode=None, precision_mode_v2=None, atc_args="", tag=""):
+    """The atc commands to run: one per tower × batch size, or one per tower with all gears."""
+    extra = shlex.split(atc_args or "")
+    if any(arg.split("=")[0] in PRECISION_FLAGS for arg in extra):
+        raise KitError("--atc-args: pass precision through --precision-mode / --precision-mode-v2")
+    precision = precision_args(precision_mode, precision_mode_v2)
+    prefix = Path(onnx_prefix)
+    out_prefix = Path(output_dir) / prefix.name if output_dir else prefix
+    jobs = []
+    for tower in towers:
+        if tower not in TOWERS:
+            raise KitError(f"--towers: unknown tower {tower!r}; choose from vision, text")
+        model = onnx_path(prefix, tower)
+        name, dims = graph_input(model)
+        gears = [",".join(str(b) for b in batch_sizes)] if dynamic_batch else [str(b) for b in batch_sizes]
+        for gear in gears:
+            label = "dynbs" if dynamic_batch else f"bs{gear}"
+            output = om_stem(out_prefix, tower, label, tag)
+            command = ["atc", "--framework=5", f"--model={model}", f"--output={output}",
+                       f"--input_format={TOWERS[tower].input_format}",
+                       f"--input_shape={input_shape_arg(name, dims, -1 if dynamic_batch else int(gear))}",
+                       "--log=error", f"--soc_version={soc_version}"]
+            if dynamic_batch:
+                command.append(f"--dynamic_batch_size={gear}")
+            jobs.append(AtcJob(tower, gear, model, output, command + precision + extra))
+    return jobs
+
+
+def find_om(output):
+    """The OM atc wrote for ``--output=output``: ``output.om`` or ``output_linux_<arch>.om``."""
+    pattern = re.compile(re.escape(output.name) + r"(_linux_[A-Za-z0-9_]+)?\.om")
+    found = sorted(p for p in output.parent.glob(output.name + "*.om") if pattern.fullmatch(p.name))
+    return found[0] if found else None
+
+
+def is_up_to_date(job):
+    """An OM newer than its ONNX, built by the same command, is not rebuilt."""
+    om = find_om(job.output)
+    if om is None or not job.record.is_file() or om.stat().st_mtime < job.onnx.stat().st_mtime:
+        return None
+    try:
+        recorded = json.loads(job.record.read_text(encoding="utf-8")).get("command")
+    except ValueError:
+        return None
+    return om if recorded == job.command else None
+
+
+def first_error(log_text):
+    """The first E-code line of an atc log, or its first line mentioning an error."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in lines:
+        if ERROR_CODE.search(line):
+            return line[:200]
+    for line in lines:
+        if "error" in line.lower() or "failed" in line.lower():
+            return line[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def run_job(job, force=False):
+    """Run one atc command, its output to ``job.log``; never raises for an atc failure."""
+    if not force:
+        om = is_up_to_date(job)
+        if om is not None:
+            job.status, job.om = "skipped", om
+            return job
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with atomic_path(job.log) as tmp, open(tmp, "w", encoding="utf-8") as log:
+        log.write("$ " + shlex.join(job.command) + "\n")
+        log.flush()
+        result = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    job.seconds = time.perf_counter() - start
+    log_text = job.log.read_text(encoding="utf-8", errors="replace")
+    job.om = find_om(job.output)
+    if result.returncode == 0 and job.om is not None and ATC_SUCCESS in log_text:
+        job.status = "ok"
+        write_json(job.record, {"command": job.command, "om": str(job.om), "seconds": round(job.seconds, 1)})
+    else:
+        job.status = "failed"
+        job.error = first_error(log_text) if result.returncode else f"atc exited 0 but wrote no {job.output}*.om"
+    return job
+
+
+def check_atc():
+    if shutil.which("atc") is None:
+        raise KitError("atc not found on PATH; source the CANN environment first, e.g. "
+                       "`source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
+
+
+def run_jobs(jobs, parallel=1, force=False):
+    """Run every job (``parallel`` at once); one failing batch size does not stop the others."""
+    check_atc()
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return list(pool.map(lambda job: run_job(job, force), jobs))
+
+
+def summary_rows(jobs):
+    return [[job.tower, job.batch, job.status, f"{job.seconds:.1f}", str(job.om) if job.om else "",
+             job.error] for job in jobs]
+
+
+SUMMARY_HEADERS = ["tower", "batch size", "status", "seconds", "OM", "first error"]

@@ -1,0 +1,1 @@
+"""Stand-in for Ascend's ais_bench front end (see tests/fakes/README.md)."""
