@@ -18,7 +18,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) openclip_pipeline.py --output-dir $(OUT) --batch-sizes $(BATCH_SIZES)
+	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) PYTHON=$(PY) bash steps/run_all.sh
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
@@ -27,8 +27,8 @@ test: $(VENV)/.installed-dev
 MODEL_NAME ?= ViT-B-32
 run: $(VENV)/.installed
 	@test -n "$(DATA_DIR)" || { echo "make run needs DATA_DIR=<flickr30k folder> PRETRAINED=<checkpoint>"; exit 2; }
-	$(PY) openclip_pipeline.py --output-dir $(or $(RUN_OUT),outputs/$(MODEL_NAME)) --data-dir $(DATA_DIR) \
-		--model-name $(MODEL_NAME) --pretrained $(PRETRAINED) --batch-sizes $(BATCH_SIZES)
+	OUT=$(or $(RUN_OUT),outputs/$(MODEL_NAME)) DATA_DIR=$(DATA_DIR) MODEL_NAME=$(MODEL_NAME) \
+		PRETRAINED=$(PRETRAINED) BATCH_SIZES=$(BATCH_SIZES) PYTHON=$(PY) bash steps/run_all.sh
 
 clean:
 	rm -rf outputs

@@ -1,37 +1,60 @@
 #!/usr/bin/env python3
-"""All steps in one command, on the bundled sample and tiny model by default:
+"""The numbered steps, all or some, on the bundled sample and tiny model by default:
 
-    python openclip_pipeline.py --output-dir outputs/demo
+    python openclip_pipeline.py --output-dir outputs/demo                  # steps 1-6
+    python openclip_pipeline.py --output-dir outputs/demo --steps 5,6      # again from step 5
     python openclip_pipeline.py --output-dir outputs/flickr --data-dir flickr30k \\
-        --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin --batch-sizes 1,4,8,16
+        --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin --batch-sizes 1,4,8,16,32,64
 
-Writes the sample (if no --data-dir), prep/, models/, infer/{backend}_bs{N}/{vision,text}/,
-recall.md/.csv, throughput_{backend}.md/.csv and results.json under --output-dir.
+Steps: 1 preprocess, 2 export ONNX, 3 convert to OM (Ascend), 4 infer, 5 accuracy, 6 performance.
+Every flag has an environment variable (in brackets) so steps/*.sh share one configuration.
+--backend auto uses the NPU when npu-smi, atc and ais_bench are present, else ONNX Runtime.
 """
 
 import argparse
+import os
 
 from openclip_ascend.cli import csv_ints, run
-from openclip_ascend.export import DEFAULT_OPSET
-from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
+from openclip_ascend.models import TINY_MODEL
+
+
+def env(name, default=None):
+    return os.environ.get(name) or default
+
+
+def parse_steps(text):
+    if "-" in text:
+        first, last = (int(part) for part in text.split("-", 1))
+        return list(range(first, last + 1))
+    return csv_ints(text)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--data-dir", help="flickr30k folder (default: generate the bundled sample set)")
-    parser.add_argument("--model-name", default=TINY_MODEL)
-    parser.add_argument("--pretrained", help=f"checkpoint file or cached tag (default for {TINY_MODEL}: bundled)")
-    parser.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes to sweep")
-    parser.add_argument("--workers", type=int, help="preprocessing processes (default: all cores)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--output-dir", default=env("OUT", "outputs/demo"), help="run folder [OUT]")
+    parser.add_argument("--steps", default="1-6", help="e.g. 1-6, 4, 5,6")
+    parser.add_argument("--data-dir", default=env("DATA_DIR"), help="flickr30k folder; default: generate the sample [DATA_DIR]")
+    parser.add_argument("--model-name", default=env("MODEL_NAME", TINY_MODEL), help="[MODEL_NAME]")
+    parser.add_argument("--pretrained", default=env("PRETRAINED"),
+                        help=f"checkpoint file or cached tag; {TINY_MODEL} defaults to its bundled weights [PRETRAINED]")
+    parser.add_argument("--batch-sizes", default=env("BATCH_SIZES", "1,4,8"), help="[BATCH_SIZES]")
+    parser.add_argument("--backend", default=env("BACKEND", "auto"), choices=["auto", "ascend", "onnxruntime"],
+                        help="[BACKEND]")
+    parser.add_argument("--soc-version", default=env("SOC_VERSION"), help="atc soc version; default: npu-smi [SOC_VERSION]")
+    parser.add_argument("--no-reference", action="store_true", default=env("REFERENCE") == "0",
+                        help="skip the PyTorch reference [REFERENCE=0]")
+    parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
+    parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
+    parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
     args = parser.parse_args()
 
-    from openclip_ascend.pipeline import run_pipeline
+    from openclip_ascend.pipeline import RunConfig, run_steps
 
-    pretrained = args.pretrained or (str(TINY_WEIGHTS) if args.model_name == TINY_MODEL else None)
-    run_pipeline(args.output_dir, args.model_name, pretrained, args.data_dir, csv_ints(args.batch_sizes),
-                 args.workers, args.opset)
+    config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
+                       data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
+                       reference=not args.no_reference, soc_version=args.soc_version, workers=args.workers,
+                       opset=args.opset, perf_loops=args.perf_loops)
+    run_steps(config, parse_steps(args.steps))
 
 
 if __name__ == "__main__":

@@ -1,57 +1,243 @@
-"""All five steps in one call: sample data (or a real data dir) → .npy → ONNX → embeddings per
-backend and batch size → recall and throughput tables under one output folder."""
+"""The numbered ModelZoo steps as functions over one run folder, so each step runs alone or all in a row.
 
+1 preprocess → 2 export ONNX → 3 convert to OM (Ascend only) → 4 infer (chosen backend and the PyTorch
+reference, every batch size) → 5 accuracy → 6 performance. Every step reads what the earlier ones
+left in ``output_dir`` and writes its own results there; ``steps/*.sh`` and ``openclip_pipeline.py``
+call these with the same configuration.
+"""
+
+import importlib.util
+import shlex
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import OnnxRuntimeSession, TorchSession
-from .export import DEFAULT_OPSET, TOWERS, export_model, onnx_path
-from .files import write_json
-from .models import load_model
-from .postprocess import evaluate_folders
-from .preprocess import preprocess_dataset
-from .reports import metrics_line, recall_table, save_table, throughput_table
-from .runner import infer
-from .sample import write_sample_dir
+from .files import KitError, read_json, write_json
+from .models import TINY_MODEL, TINY_WEIGHTS
 
-PIPELINE_BACKENDS = ("torch", "onnxruntime")
+STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance"}
+TOWER_INPUTS = {"vision": "images", "text": "texts"}
 
 
-def _sessions(backend, model_name, pretrained, prefix):
-    if backend == "torch":
-        return {tower: TorchSession(model_name, pretrained, tower) for tower in TOWERS}
-    return {tower: OnnxRuntimeSession(onnx_path(prefix, tower)) for tower in TOWERS}
+@dataclass
+class RunConfig:
+    output_dir: Path
+    model_name: str = TINY_MODEL
+    pretrained: str = None
+    data_dir: Path = None
+    batch_sizes: tuple = (1, 4, 8)
+    backend: str = "auto"  # auto | ascend | onnxruntime
+    reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
+    soc_version: str = None
+    workers: int = None
+    opset: int = None
+    perf_loops: int = 20
+    commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
+
+    def __post_init__(self):
+        self.output_dir = Path(self.output_dir)
+        if self.pretrained is None and self.model_name == TINY_MODEL:
+            self.pretrained = str(TINY_WEIGHTS)
+
+    @property
+    def prep(self):
+        return self.output_dir / "prep"
+
+    @property
+    def onnx_prefix(self):
+        return self.output_dir / "models" / self.model_name.lower().replace("-", "_").replace("/", "_")
+
+    def infer_dir(self, backend, batch):
+        return self.output_dir / "infer" / f"{backend}_bs{batch}"
+
+    def log(self, *argv):
+        line = shlex.join(str(a) for a in argv)
+        self.commands.append(line)
+        print(f"$ {line}")
 
 
-def run_pipeline(output_dir, model_name, pretrained, data_dir=None, batch_sizes=(1, 4, 8), workers=None,
-                 opset=DEFAULT_OPSET, backends=PIPELINE_BACKENDS):
-    """Run every step; returns the results dict also written to ``output_dir/results.json``."""
-    out = Path(output_dir)
+def ascend_tools_missing():
+    """Which of npu-smi, atc and ais_bench's InferSession this machine lacks."""
+    missing = [tool for tool in ("npu-smi", "atc") if shutil.which(tool) is None]
+    try:
+        found = importlib.util.find_spec("ais_bench.infer.interface") is not None
+    except (ImportError, ValueError):
+        found = False
+    return missing + ([] if found else ["ais_bench"])
+
+
+def resolve_backend(requested):
+    """(backend, reason): ``auto`` takes the NPU when npu-smi, atc and ais_bench are all present."""
+    if requested in ("ascend", "onnxruntime"):
+        return requested, "as requested"
+    if requested != "auto":
+        raise KitError(f"BACKEND={requested!r}: choose auto, ascend or onnxruntime")
+    missing = ascend_tools_missing()
+    if missing:
+        return "onnxruntime", f"no {', '.join(missing)} here: ONNX Runtime on the CPU, same outputs"
+    return "ascend", "npu-smi, atc and ais_bench found"
+
+
+def backends_of(config):
+    backend, _ = resolve_backend(config.backend)
+    return [backend] + (["torch"] if config.reference else [])
+
+
+def step_preprocess(config):
+    from .preprocess import preprocess_dataset
+    from .sample import write_sample_dir
+
+    data_dir = config.data_dir
     if data_dir is None:
-        data_dir = write_sample_dir(out / "sample")
-    prep = out / "prep"
-    preprocess_dataset(data_dir, prep, model_name, pretrained, workers)
-    prefix = out / "models" / model_name.lower().replace("-", "_")
-    export_report = export_model(load_model(model_name, pretrained), prefix, opset=opset)
+        data_dir = write_sample_dir(config.output_dir / "sample")
+        print(f"no data dir given: generated the sample set in {data_dir}")
+    config.log("python", "openclip_preprocess.py", "--data-dir", data_dir, "--save-dir", config.prep,
+               "--model-name", config.model_name)
+    manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers)
+    return {"images": len(manifest.images), "captions": len(manifest.captions)}
 
-    accuracy, throughput = [], {}
-    for backend in backends:
-        sessions = _sessions(backend, model_name, pretrained, prefix)
-        for batch in batch_sizes:
-            run_dir = out / "infer" / f"{backend}_bs{batch}"
-            for tower, session in sessions.items():
-                summary = infer(session, input=str(prep / ("images" if tower == "vision" else "texts")),
-                                output=str(run_dir), output_dirname=tower, outfmt="NPY", batchsize=batch)
-                throughput.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
-            metrics, counts = evaluate_folders(run_dir / "vision", run_dir / "text", prep / "manifest.json")
+
+def step_export(config):
+    from .export import DEFAULT_OPSET, export_model
+    from .models import load_model
+
+    opset = config.opset or DEFAULT_OPSET
+    config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
+               config.pretrained or "", "--onnx-prefix", config.onnx_prefix, "--opset", opset)
+    report = export_model(load_model(config.model_name, config.pretrained), config.onnx_prefix, opset=opset)
+    write_json(config.output_dir / "export.json", report)
+    return report
+
+
+def step_convert(config):
+    from .atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
+    from .npu import detect_soc_version
+    from .reports import markdown_table
+
+    backend, reason = resolve_backend(config.backend)
+    if backend != "ascend":
+        print(f"step 3 skipped: backend {backend} ({reason}) needs no OM")
+        return {"skipped": reason}
+    soc, _, warnings = detect_soc_version(config.soc_version)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    config.log("python", "convert/onnx2om.py", "--onnx-prefix", config.onnx_prefix, "--batch-sizes",
+               ",".join(map(str, config.batch_sizes)), "--soc-version", soc)
+    jobs = run_jobs(plan_jobs(config.onnx_prefix, list(TOWER_INPUTS), config.batch_sizes, soc))
+    print(markdown_table(SUMMARY_HEADERS, summary_rows(jobs)))
+    failed = [job for job in jobs if job.status == "failed"]
+    if failed:
+        raise KitError(f"{len(failed)} atc compiles failed (first: {failed[0].tower} bs{failed[0].batch}: "
+                       f"{failed[0].error}); see {failed[0].log}")
+    return {"soc_version": soc, "oms": {f"{job.tower}_bs{job.batch}": str(job.om) for job in jobs}}
+
+
+def _session(config, backend, tower, batch):
+    from .atc import find_om, om_stem
+    from .backends import AscendSession, OnnxRuntimeSession, TorchSession
+    from .export import onnx_path
+
+    if backend == "torch":
+        return TorchSession(config.model_name, config.pretrained, tower)
+    if backend == "onnxruntime":
+        return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower))
+    om = find_om(om_stem(config.onnx_prefix, tower, f"bs{batch}"))
+    if om is None:
+        raise KitError(f"{om_stem(config.onnx_prefix, tower, f'bs{batch}')}.om not found; run step 3 (convert) first")
+    return AscendSession(om)
+
+
+def _model_arg(config, backend, tower, batch):
+    from .export import onnx_path
+
+    if backend == "torch":
+        return ["--backend", "torch", "--model-name", config.model_name, "--pretrained", config.pretrained or "",
+                "--tower", tower]
+    if backend == "onnxruntime":
+        return ["--model", onnx_path(config.onnx_prefix, tower)]
+    return ["--model", f"{config.onnx_prefix}_{tower}_bs{batch}.om"]
+
+
+def step_infer(config):
+    from .runner import infer
+
+    results = {}
+    for backend in backends_of(config):
+        sessions = {}
+        for batch in config.batch_sizes:
+            for tower, folder in TOWER_INPUTS.items():
+                if backend == "ascend" or tower not in sessions:
+                    sessions[tower] = _session(config, backend, tower, batch)
+                out = config.infer_dir(backend, batch)
+                config.log("python", "openclip_infer.py", *_model_arg(config, backend, tower, batch), "--input",
+                           config.prep / folder, "--output", out, "--output_dirname", tower, "--outfmt", "NPY",
+                           "--batchsize", batch)
+                summary = infer(sessions[tower], input=str(config.prep / folder), output=str(out),
+                                output_dirname=tower, outfmt="NPY", batchsize=batch)
+                results.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
+    return results
+
+
+def step_accuracy(config):
+    from .postprocess import evaluate_folders
+    from .reports import metrics_line, recall_table, save_table
+
+    accuracy = []
+    for backend in backends_of(config):
+        for batch in config.batch_sizes:
+            out = config.infer_dir(backend, batch)
+            if not (out / "vision").is_dir():
+                raise KitError(f"{out / 'vision'}: no embeddings; run step 4 (infer) first")
+            config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
+                       out / "text", "--manifest", config.prep / "manifest.json")
+            metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json")
             print(f"{backend} bs{batch}: {metrics_line(metrics)}")
             accuracy.append({"backend": backend, "batch_size": batch, "metrics": metrics, **counts})
+    write_json(config.output_dir / "accuracy.json", accuracy)
+    print(save_table(config.output_dir / "recall", *recall_table(accuracy),
+                     title="Recall (CLIP_benchmark definition)"))
+    return accuracy
 
-    tables = [save_table(out / "recall", *recall_table(accuracy), title="Recall (CLIP_benchmark definition)")]
-    for backend, by_batch in throughput.items():
-        tables.append(save_table(out / f"throughput_{backend}", *throughput_table(by_batch),
-                                 title=f"Throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
-    results = {"model_name": model_name, "pretrained": str(pretrained) if pretrained else None,
-               "data_dir": str(data_dir), "export": export_report, "accuracy": accuracy, "throughput": throughput}
-    write_json(out / "results.json", results)
-    print("\n".join(tables))
+
+def step_performance(config):
+    from .reports import save_table, throughput_table
+    from .runner import infer
+
+    throughput = {}
+    for backend in backends_of(config):
+        sessions = {}
+        for batch in config.batch_sizes:
+            for tower in TOWER_INPUTS:
+                if backend == "ascend" or tower not in sessions:
+                    sessions[tower] = _session(config, backend, tower, batch)
+                config.log("python", "openclip_infer.py", *_model_arg(config, backend, tower, batch), "--loop",
+                           config.perf_loops, "--batchsize", batch)
+                summary = infer(sessions[tower], output=str(config.output_dir / "perf" / backend),
+                                output_dirname=f"{tower}_bs{batch}", batchsize=batch, loop=config.perf_loops)
+                throughput.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
+        print(save_table(config.output_dir / f"throughput_{backend}", *throughput_table(throughput[backend]),
+                         title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
+    write_json(config.output_dir / "performance.json", throughput)
+    return throughput
+
+
+STEPS = {1: step_preprocess, 2: step_export, 3: step_convert, 4: step_infer, 5: step_accuracy, 6: step_performance}
+
+
+def run_steps(config, steps=tuple(STEPS)):
+    """Run the numbered steps in order; returns {step name: its result}, also in ``results.json``."""
+    backend, reason = resolve_backend(config.backend)
+    print(f"backend: {backend} ({reason})" + (" + PyTorch reference" if config.reference else ""))
+    results_path = config.output_dir / "results.json"
+    results = read_json(results_path) if results_path.is_file() else {}
+    results.update({"model_name": config.model_name, "pretrained": config.pretrained, "backend": backend})
+    commands = results.setdefault("commands", {})
+    for number in steps:
+        if number not in STEPS:
+            raise KitError(f"step {number}: the steps are 1–6 ({', '.join(STEP_NAMES.values())})")
+        print(f"=== step {number}: {STEP_NAMES[number]} ===")
+        first = len(config.commands)
+        results[STEP_NAMES[number]] = STEPS[number](config)
+        commands[STEP_NAMES[number]] = config.commands[first:]
+        write_json(results_path, results)
     return results

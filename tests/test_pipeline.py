@@ -1,17 +1,24 @@
-"""End to end on the demo sample with the bundled tiny model: the README's `make demo` path."""
+"""End to end on the demo sample with the bundled tiny model: `make demo` and the numbered steps."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
-from openclip_ascend.pipeline import run_pipeline
+from openclip_ascend.pipeline import RunConfig, resolve_backend, run_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKES = ROOT / "tests" / "fakes"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return out, run_pipeline(out, TINY_MODEL, str(TINY_WEIGHTS), batch_sizes=(1, 4), workers=2)
+    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime")
+    return out, run_steps(config)
 
 
 def test_demo_recall_floor_and_backend_agreement(demo):
@@ -29,10 +36,40 @@ def test_demo_recall_floor_and_backend_agreement(demo):
 
 def test_demo_writes_tables_and_results(demo):
     out, results = demo
-    for name in ("recall.md", "recall.csv", "throughput_onnxruntime.md", "throughput_torch.csv", "results.json"):
+    for name in ("recall.md", "recall.csv", "throughput_onnxruntime.md", "throughput_torch.csv", "results.json",
+                 "accuracy.json", "performance.json", "export.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "results.json").read_text())["throughput"]["onnxruntime"]["4"]["vision"] > 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["performance"]["onnxruntime"]["4"]["vision"] > 0
+    assert saved["commands"]["infer"][0].startswith("python openclip_infer.py --model ")
     table = (out / "throughput_onnxruntime.md").read_text()
     assert "| BatchSize | vision fps | text fps |" in table and table.count("**") == 4  # best of each column
     assert (out / "infer" / "onnxruntime_bs4" / "vision" / "1000_0.npy").is_file()
     assert (out / "infer" / "onnxruntime_bs4" / "text" / "1000_4_0.npy").is_file()
+    summary = json.loads((out / "perf" / "torch" / "text_bs4_summary.json").read_text())
+    assert summary["NPU_compute_time"]["count"] == 3 and summary["batchsize"] == 4
+
+
+def test_auto_backend_without_npu_tools_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    backend, reason = resolve_backend("auto")
+    assert backend == "onnxruntime" and "npu-smi" in reason and "atc" in reason
+
+
+def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path):
+    """With npu-smi, atc and ais_bench (stand-ins) present, BACKEND=auto compiles OMs and runs them;
+    recall through the OM path equals the ONNX Runtime path's."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
+           "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
+           "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backend: ascend (npu-smi, atc and ais_bench found)" in result.stdout
+    assert sorted(p.name for p in (out / "models").glob("*.om")) == [
+        f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "vision") for b in (1, 4)]
+    ascend = {r["batch_size"]: r["metrics"] for r in json.loads((out / "accuracy.json").read_text())}
+    onnx = {r["batch_size"]: r["metrics"] for r in demo[1]["accuracy"] if r["backend"] == "onnxruntime"}
+    assert ascend == onnx
+    assert (out / "throughput_ascend.md").is_file()

@@ -1,0 +1,20 @@
+# Shared by the numbered steps: one configuration, from the environment.
+#   OUT          run folder                       (default outputs/demo)
+#   DATA_DIR     flickr30k folder                 (default: generate the bundled sample set)
+#   MODEL_NAME   open_clip model name             (default openclip-ascend-tiny, the bundled model)
+#   PRETRAINED   checkpoint file or cached tag    (default: the bundled tiny weights)
+#   BATCH_SIZES  comma-separated                  (default 1,4,8)
+#   BACKEND      auto | ascend | onnxruntime      (default auto: the NPU when npu-smi, atc, ais_bench exist)
+#   SOC_VERSION  atc --soc_version                (default: read from npu-smi info)
+#   REFERENCE    0 to skip the PyTorch reference  (default 1)
+#   PERF_LOOPS   pure-inference loops per figure  (default 20)
+#   PYTHON       interpreter                      (default python3)
+set -euo pipefail
+STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$STEPS_DIR")
+PYTHON=${PYTHON:-python3}
+export OUT=${OUT:-outputs/demo}
+
+run_step() {
+    "$PYTHON" "$ROOT/openclip_pipeline.py" --steps "$1"
+}
