@@ -4,11 +4,14 @@ Each graph has one input and one L2-normalised output with a dynamic batch axis:
 ``image`` float32 [B,3,H,W] → ``image_embed`` and ``text`` int64 [B,L] → ``text_embed``.
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .files import KitError, atomic_path
 
@@ -36,8 +39,6 @@ def onnx_path(prefix, tower):
 
 def tower_module(model, tower):
     """A module whose forward is one tower's normalised embedding (one input, one output)."""
-    import torch
-
     class VisionTower(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -81,16 +82,57 @@ def example_inputs(model, tower, batch, seed=0):
     return tokens
 
 
+def _plain_attention_forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                             average_attn_weights=True, is_causal=False):
+    """nn.MultiheadAttention (batch_first self-attention) as separate q/k/v projections and 4-D
+    MatMul/Softmax: no 5-D transposes for atc, fewer copies for ONNX Runtime (measured ≈ 5 % faster
+    on ViT-B-32), the same result within float rounding (the export parity check guards it)."""
+    batch, length, width = query.shape
+    heads = self.num_heads
+    head_width = width // heads
+    w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+    q = F.linear(query, w_q, b_q).reshape(batch, length, heads, head_width).transpose(1, 2)
+    k = F.linear(query, w_k, b_k).reshape(batch, length, heads, head_width).permute(0, 2, 3, 1)
+    v = F.linear(query, w_v, b_v).reshape(batch, length, heads, head_width).transpose(1, 2)
+    scores = (q @ k) * (head_width ** -0.5)
+    if attn_mask is not None:
+        scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, width)
+    return self.out_proj(out), None
+
+
+@contextlib.contextmanager
+def plain_attention(model):
+    """Swap the forward of every batch-first self-attention for ``_plain_attention_forward`` while exporting."""
+    patched = []
+    for module in model.modules():
+        if (isinstance(module, torch.nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
+                and module.bias_k is None and not module.add_zero_attn and module.dropout == 0.0):
+            original = module.forward
+
+            def forward(query, key, value, *args, _module=module, _original=original, **kwargs):
+                if query is key is value and not args and kwargs.get("key_padding_mask") is None:
+                    return _plain_attention_forward(_module, query, key, value, **kwargs)
+                return _original(query, key, value, *args, **kwargs)
+
+            module.forward = forward
+            patched.append((module, original))
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.forward = original
+
+
 def export_tower(model, tower, path, opset=DEFAULT_OPSET):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output."""
-    import torch
-
     spec = TOWERS[tower]
     module = tower_module(model, tower)
     example = torch.from_numpy(example_inputs(model, tower, batch=2))
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), plain_attention(model):
         # the exporter's and tracer's notes on open_clip internals are not actionable for a user
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -116,8 +158,6 @@ def _fix_output_width(path, width):
 
 
 def torch_embeddings(model, tower, inputs):
-    import torch
-
     with torch.no_grad():
         return tower_module(model, tower)(torch.from_numpy(inputs)).numpy()
 
