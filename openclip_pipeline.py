@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The numbered steps, all or some, on the bundled sample and tiny model by default:
 
-    python openclip_pipeline.py --output-dir outputs/demo                  # steps 1-6
+    python openclip_pipeline.py --output-dir outputs/demo                  # steps 1-7
     python openclip_pipeline.py --output-dir outputs/demo --steps 5,6      # again from step 5
     python openclip_pipeline.py --output-dir outputs/flickr --data-dir flickr30k \\
         --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin --batch-sizes 1,4,8,16,32,64
 
-Steps: 1 preprocess, 2 export ONNX, 3 convert to OM (Ascend), 4 infer, 5 accuracy, 6 performance.
+Steps: 1 preprocess, 2 export ONNX, 3 convert to OM (Ascend), 4 infer, 5 accuracy, 6 performance,
+7 report (report.md).
 Every flag has an environment variable (in brackets) so steps/*.sh share one configuration.
 --backend auto uses the NPU when npu-smi, atc and ais_bench are present, else ONNX Runtime.
 """
@@ -32,7 +33,7 @@ def parse_steps(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=env("OUT", "outputs/demo"), help="run folder [OUT]")
-    parser.add_argument("--steps", default="1-6", help="e.g. 1-6, 4, 5,6")
+    parser.add_argument("--steps", default="1-7", help="e.g. 1-7, 4, 5,6")
     parser.add_argument("--data-dir", default=env("DATA_DIR"), help="flickr30k folder; default: generate the sample [DATA_DIR]")
     parser.add_argument("--model-name", default=env("MODEL_NAME", TINY_MODEL), help="[MODEL_NAME]")
     parser.add_argument("--pretrained", default=env("PRETRAINED"),
@@ -43,6 +44,8 @@ def main():
     parser.add_argument("--soc-version", default=env("SOC_VERSION"), help="atc soc version; default: npu-smi [SOC_VERSION]")
     parser.add_argument("--no-reference", action="store_true", default=env("REFERENCE") == "0",
                         help="skip the PyTorch reference [REFERENCE=0]")
+    parser.add_argument("--int8", action="store_true", default=env("INT8") == "1",
+                        help="also run the int8 ONNX Runtime fallback [INT8=1]")
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
@@ -52,7 +55,7 @@ def main():
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
                        data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
-                       reference=not args.no_reference, soc_version=args.soc_version, workers=args.workers,
+                       reference=not args.no_reference, int8=args.int8, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops)
     run_steps(config, parse_steps(args.steps))
 

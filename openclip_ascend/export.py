@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .files import KitError, atomic_path
+from .metrics import compare_embeddings
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
 PARITY_TOLERANCE = 1e-4
@@ -162,16 +163,6 @@ def torch_embeddings(model, tower, inputs):
         return tower_module(model, tower)(torch.from_numpy(inputs)).numpy()
 
 
-def compare_embeddings(reference, candidate):
-    """max abs diff and min / mean cosine between two (N, D) embedding sets."""
-    reference = np.asarray(reference, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
-    cosine = (reference * candidate).sum(-1) / (
-        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
-    return {"max_abs_diff": float(np.abs(reference - candidate).max()),
-            "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
-
-
 def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERANCE):
     """ONNX Runtime vs PyTorch on fresh inputs; raises KitError when max abs diff exceeds ``tolerance``."""
     from .backends import OnnxRuntimeSession
@@ -197,3 +188,23 @@ def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, 
         path = export_tower(model, tower, onnx_path(prefix, tower), opset)
         report[tower] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
     return report
+
+
+def int8_path(prefix, tower):
+    return Path(f"{prefix}_{tower}_int8.onnx")
+
+
+def quantize_int8(prefix, tower):
+    """ONNX Runtime dynamic quantization (int8 weights, QInt8): the faster CPU fallback, whose
+    accuracy cost the accuracy report shows next to fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = onnx_path(prefix, tower), int8_path(prefix, tower)
+    if not source.is_file():
+        raise KitError(f"{source}: ONNX model not found; export it first (step 2)")
+    from .models import quiet_root_logger
+
+    with atomic_path(target) as tmp, warnings.catch_warnings(), quiet_root_logger():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+    return target

@@ -49,3 +49,13 @@ def retrieval_metrics(image_embeds, text_embeds, text_to_image, ks=DEFAULT_RECAL
 def _normalised(x):
     """torch.nn.functional.normalize: x / max(||x||, 1e-12)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def compare_embeddings(reference, candidate):
+    """max abs diff and min / mean cosine between two (N, D) embedding sets (row i against row i)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    cosine = (reference * candidate).sum(-1) / (
+        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    return {"max_abs_diff": float(np.abs(reference - candidate).max()),
+            "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}

@@ -29,8 +29,9 @@ def open_clip_module():
 
 
 @contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs a warning whenever a model is built without weights; the kit loads them itself."""
+def quiet_root_logger():
+    """Hide root-logger warnings that say nothing to a user of the kit (open_clip's "no pretrained
+    weights loaded" when the kit loads them itself, the quantizer's pre-processing hint)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -86,7 +87,7 @@ def load_model(model_name, pretrained=None):
     """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag)."""
     open_clip = check_model_name(model_name)
     checkpoint = resolve_checkpoint(model_name, pretrained)
-    with _quiet_open_clip():
+    with quiet_root_logger():
         model = open_clip.create_model(model_name, pretrained=None)
     if checkpoint is not None:
         try:

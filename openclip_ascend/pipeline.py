@@ -1,7 +1,7 @@
 """The numbered ModelZoo steps as functions over one run folder, so each step runs alone or all in a row.
 
 1 preprocess → 2 export ONNX → 3 convert to OM (Ascend only) → 4 infer (chosen backend and the PyTorch
-reference, every batch size) → 5 accuracy → 6 performance. Every step reads what the earlier ones
+reference, every batch size) → 5 accuracy → 6 performance → 7 report. Every step reads what the earlier ones
 left in ``output_dir`` and writes its own results there; ``steps/*.sh`` and ``openclip_pipeline.py``
 call these with the same configuration.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 from .files import KitError, read_json, write_json
 from .models import TINY_MODEL, TINY_WEIGHTS
 
-STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance"}
+STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
+INT8 = "onnxruntime-int8"
 TOWER_INPUTS = {"vision": "images", "text": "texts"}
 
 
@@ -28,6 +29,7 @@ class RunConfig:
     batch_sizes: tuple = (1, 4, 8)
     backend: str = "auto"  # auto | ascend | onnxruntime
     reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
+    int8: bool = False  # also run the int8 (dynamically quantised) ONNX Runtime fallback
     soc_version: str = None
     workers: int = None
     opset: int = None
@@ -80,7 +82,7 @@ def resolve_backend(requested):
 
 def backends_of(config):
     backend, _ = resolve_backend(config.backend)
-    return [backend] + (["torch"] if config.reference else [])
+    return [backend] + ([INT8] if config.int8 else []) + (["torch"] if config.reference else [])
 
 
 def step_preprocess(config):
@@ -105,6 +107,11 @@ def step_export(config):
     config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
                config.pretrained or "", "--onnx-prefix", config.onnx_prefix, "--opset", opset)
     report = export_model(load_model(config.model_name, config.pretrained), config.onnx_prefix, opset=opset)
+    if config.int8:
+        from .export import quantize_int8
+
+        for tower in TOWER_INPUTS:
+            report[tower]["int8_path"] = str(quantize_int8(config.onnx_prefix, tower))
     write_json(config.output_dir / "export.json", report)
     return report
 
@@ -135,12 +142,14 @@ def step_convert(config):
 def _session(config, backend, tower, batch):
     from .atc import find_om, om_stem
     from .backends import AscendSession, OnnxRuntimeSession, TorchSession
-    from .export import onnx_path
+    from .export import int8_path, onnx_path
 
     if backend == "torch":
         return TorchSession(config.model_name, config.pretrained, tower)
     if backend == "onnxruntime":
         return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower))
+    if backend == INT8:
+        return OnnxRuntimeSession(int8_path(config.onnx_prefix, tower))
     om = find_om(om_stem(config.onnx_prefix, tower, f"bs{batch}"))
     if om is None:
         raise KitError(f"{om_stem(config.onnx_prefix, tower, f'bs{batch}')}.om not found; run step 3 (convert) first")
@@ -148,13 +157,15 @@ def _session(config, backend, tower, batch):
 
 
 def _model_arg(config, backend, tower, batch):
-    from .export import onnx_path
+    from .export import int8_path, onnx_path
 
     if backend == "torch":
         return ["--backend", "torch", "--model-name", config.model_name, "--pretrained", config.pretrained or "",
                 "--tower", tower]
     if backend == "onnxruntime":
         return ["--model", onnx_path(config.onnx_prefix, tower)]
+    if backend == INT8:
+        return ["--model", int8_path(config.onnx_prefix, tower)]
     return ["--model", f"{config.onnx_prefix}_{tower}_bs{batch}.om"]
 
 
@@ -174,13 +185,14 @@ def step_infer(config):
                            "--batchsize", batch)
                 summary = infer(sessions[tower], input=str(config.prep / folder), output=str(out),
                                 output_dirname=tower, outfmt="NPY", batchsize=batch)
-                results.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
+                results.setdefault(backend, {}).setdefault(batch, {})[tower] = {
+                    "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"]}
     return results
 
 
 def step_accuracy(config):
-    from .postprocess import evaluate_folders
-    from .reports import metrics_line, recall_table, save_table
+    from .postprocess import embedding_agreement, evaluate_folders
+    from .reports import comparison_table, metrics_line, recall_table, save_table
 
     accuracy = []
     for backend in backends_of(config):
@@ -192,18 +204,25 @@ def step_accuracy(config):
                        out / "text", "--manifest", config.prep / "manifest.json")
             metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json")
             print(f"{backend} bs{batch}: {metrics_line(metrics)}")
-            accuracy.append({"backend": backend, "batch_size": batch, "metrics": metrics, **counts})
+            entry = {"backend": backend, "batch_size": batch, "metrics": metrics, **counts}
+            reference = config.infer_dir("torch", batch)
+            if backend != "torch" and (reference / "vision").is_dir():
+                entry["agreement"] = {tower: embedding_agreement(reference / tower, out / tower) for tower in TOWER_INPUTS}
+            accuracy.append(entry)
     write_json(config.output_dir / "accuracy.json", accuracy)
     print(save_table(config.output_dir / "recall", *recall_table(accuracy),
                      title="Recall (CLIP_benchmark definition)"))
+    if config.reference:
+        print(save_table(config.output_dir / "accuracy_vs_torch", *comparison_table(accuracy),
+                         title="Against PyTorch: recall@5 and embedding agreement"))
     return accuracy
 
 
 def step_performance(config):
-    from .reports import save_table, throughput_table
+    from .reports import plot_throughput, save_table, throughput_table
     from .runner import infer
 
-    throughput = {}
+    throughput, latency = {}, {}
     for backend in backends_of(config):
         sessions = {}
         for batch in config.batch_sizes:
@@ -215,13 +234,25 @@ def step_performance(config):
                 summary = infer(sessions[tower], output=str(config.output_dir / "perf" / backend),
                                 output_dirname=f"{tower}_bs{batch}", batchsize=batch, loop=config.perf_loops)
                 throughput.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
+                latency.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["latency_ms"]
         print(save_table(config.output_dir / f"throughput_{backend}", *throughput_table(throughput[backend]),
                          title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
-    write_json(config.output_dir / "performance.json", throughput)
-    return throughput
+    plot_throughput(throughput, config.output_dir / "throughput.png")
+    performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops}
+    write_json(config.output_dir / "performance.json", performance)
+    return performance
 
 
-STEPS = {1: step_preprocess, 2: step_export, 3: step_convert, 4: step_infer, 5: step_accuracy, 6: step_performance}
+def step_report(config):
+    from .report import write_report
+
+    path = write_report(config.output_dir)
+    print(f"report: {path}")
+    return {"path": str(path)}
+
+
+STEPS = {1: step_preprocess, 2: step_export, 3: step_convert, 4: step_infer, 5: step_accuracy, 6: step_performance,
+         7: step_report}
 
 
 def run_steps(config, steps=tuple(STEPS)):
@@ -234,7 +265,7 @@ def run_steps(config, steps=tuple(STEPS)):
     commands = results.setdefault("commands", {})
     for number in steps:
         if number not in STEPS:
-            raise KitError(f"step {number}: the steps are 1–6 ({', '.join(STEP_NAMES.values())})")
+            raise KitError(f"step {number}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
         print(f"=== step {number}: {STEP_NAMES[number]} ===")
         first = len(config.commands)
         results[STEP_NAMES[number]] = STEPS[number](config)

@@ -6,7 +6,7 @@ import numpy as np
 
 from .dataset import Caption, Manifest
 from .files import KitError, natural_key
-from .metrics import DEFAULT_RECALL_K, retrieval_metrics
+from .metrics import DEFAULT_RECALL_K, compare_embeddings, retrieval_metrics
 
 OUTPUT_SUFFIX = "_0"  # ais_bench names output 0 of input X.npy "X_0.npy"
 
@@ -75,3 +75,13 @@ def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL
                        f"{texts.shape[1]}; the two towers must come from the same model")
     metrics = retrieval_metrics(images, texts, [caption.image for caption in manifest.captions], ks)
     return metrics, {"images": len(images), "captions": len(texts)}
+
+
+def embedding_agreement(reference_dir, candidate_dir):
+    """How close one backend's embeddings are to the reference's, output file by output file."""
+    reference, candidate = read_embedding_dir(reference_dir), read_embedding_dir(candidate_dir)
+    stems = sorted(reference, key=natural_key)
+    missing = [stem for stem in stems if stem not in candidate]
+    if missing:
+        raise KitError(f"{candidate_dir}: {len(missing)} outputs missing against {reference_dir} (first: {missing[0]}_0)")
+    return compare_embeddings(np.stack([reference[s] for s in stems]), np.stack([candidate[s] for s in stems]))

@@ -61,3 +61,56 @@ def save_table(stem, headers, rows, title=""):
     write_text(f"{stem}.md", text)
     write_csv(f"{stem}.csv", headers, [[str(cell).strip("*") for cell in row] for row in rows])
     return text
+
+
+def comparison_table(accuracy, reference="torch"):
+    """recall@5 of every backend and batch size next to the reference's (the ModelZoo
+    ``OM实测 | PyTorch实测`` table, extended), with embedding agreement per tower."""
+    ref = {r["batch_size"]: r["metrics"] for r in accuracy if r["backend"] == reference}
+    headers = ["backend", "batch size", "image R@5", f"{reference} image R@5", "text R@5", f"{reference} text R@5",
+               "vision min cos", "text min cos", "max abs diff"]
+    rows = []
+    for r in accuracy:
+        if r["backend"] == reference:
+            continue
+        base = ref.get(r["batch_size"], {})
+        agreement = r.get("agreement", {})
+        cosines = [f"{agreement[t]['min_cosine']:.6f}" if t in agreement else "" for t in ("vision", "text")]
+        worst = max((a["max_abs_diff"] for a in agreement.values()), default=None)
+        rows.append([r["backend"], r["batch_size"],
+                     f"{r['metrics']['image_retrieval_recall@5']:.4f}", _fmt(base.get("image_retrieval_recall@5")),
+                     f"{r['metrics']['text_retrieval_recall@5']:.4f}", _fmt(base.get("text_retrieval_recall@5")),
+                     *cosines, "" if worst is None else f"{worst:.2e}"])
+    return headers, rows
+
+
+def _fmt(value):
+    return "" if value is None else f"{value:.4f}"
+
+
+def plot_throughput(throughput, path):
+    """PNG of fps against batch size: one panel per tower, one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    towers = ("vision", "text")
+    figure, axes = plt.subplots(1, len(towers), figsize=(10, 4), constrained_layout=True)
+    for axis, tower in zip(axes, towers):
+        for backend, by_batch in throughput.items():
+            batches = sorted(int(b) for b in by_batch)
+            axis.plot(batches, [by_batch[b if b in by_batch else str(b)][tower] for b in batches], marker="o",
+                      label=backend)
+        axis.set_xscale("log", base=2)
+        ticks = sorted({int(b) for by_batch in throughput.values() for b in by_batch})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.set_xlabel("batch size")
+        axis.set_ylabel("samples / s")
+        axis.set_title(f"{tower} tower")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return path

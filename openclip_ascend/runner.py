@@ -140,11 +140,13 @@ def run_pure(session, batch_size=1, loop=1, warmup_count=1):
 
 
 def summarise(times_ms, batch, args, filesinfo=None, backend=""):
-    """ais_bench's summary dict: compute-time stats, throughput = 1000 × batch / mean ms."""
+    """ais_bench's summary dict: compute-time stats, throughput = 1000 × batch / mean ms, plus the
+    latency percentiles the perf report shows."""
     compute = stats(times_ms)
     throughput = 1000.0 * batch / compute["mean"] if compute["mean"] else 0.0
+    latency = {f"p{q}": float(np.percentile(times_ms, q)) if len(times_ms) else 0.0 for q in (50, 90, 99)}
     return {"NPU_compute_time": compute, "H2D_latency": stats([]), "D2H_latency": stats([]),
-            "throughput": throughput, "batchsize": batch, "backend": backend,
+            "throughput": throughput, "latency_ms": latency, "batchsize": batch, "backend": backend,
             "npu_compute_time_list": [float(t) for t in times_ms], "filesinfo": filesinfo or {},
             "args": args, "pid": os.getpid()}
 
@@ -176,14 +178,19 @@ def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", b
         raise KitError("--output_dirname needs --output, as in ais_bench")
     args = dict(args or {})
     dirname = output_dirname or default_dirname()
+    start = time.perf_counter()
     if input:
         files = list_input_files(input)
         out_dir = Path(output) / dirname if output else None
         times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+        samples = len(files)
     else:
         times, batch = run_pure(session, batchsize, loop, warmup_count)
-        filesinfo = None
+        filesinfo, samples = None, batch * loop
+    wall = time.perf_counter() - start
     summary = summarise(times, batch, args, filesinfo, backend=session.name)
+    # end to end: reading inputs, padding, warm-up, inference and writing outputs, per real sample
+    summary["e2e"] = {"seconds": wall, "samples": samples, "fps": samples / wall if wall else 0.0}
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
     print("\n".join(summary_lines(summary)))

@@ -8,6 +8,7 @@
 #   SOC_VERSION  atc --soc_version                (default: read from npu-smi info)
 #   REFERENCE    0 to skip the PyTorch reference  (default 1)
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
+#   INT8         1 adds the int8 ONNX Runtime fallback (default 0)
 #   PYTHON       interpreter                      (default python3)
 set -euo pipefail
 STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

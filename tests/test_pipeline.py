@@ -17,15 +17,19 @@ FAKES = ROOT / "tests" / "fakes"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime")
+    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True)
     return out, run_steps(config)
 
 
 def test_demo_recall_floor_and_backend_agreement(demo):
     _, results = demo
     by_backend = {(r["backend"], r["batch_size"]): r["metrics"] for r in results["accuracy"]}
-    assert set(by_backend) == {("torch", 1), ("torch", 4), ("onnxruntime", 1), ("onnxruntime", 4)}
+    assert set(by_backend) == {(b, n) for b in ("torch", "onnxruntime", "onnxruntime-int8") for n in (1, 4)}
     for (backend, batch), metrics in by_backend.items():
+        if backend == "onnxruntime-int8":  # its cost, bounded: recall@5 within 0.01 of fp32
+            for key in ("image_retrieval_recall@5", "text_retrieval_recall@5"):
+                assert abs(metrics[key] - by_backend[("onnxruntime", batch)][key]) <= 0.01 + 1e-9, (batch, key)
+            continue
         if backend == "onnxruntime":
             assert metrics["image_retrieval_recall@5"] >= 0.9, (batch, metrics)
             assert metrics["text_retrieval_recall@5"] >= 0.9, (batch, metrics)
@@ -37,10 +41,15 @@ def test_demo_recall_floor_and_backend_agreement(demo):
 def test_demo_writes_tables_and_results(demo):
     out, results = demo
     for name in ("recall.md", "recall.csv", "throughput_onnxruntime.md", "throughput_torch.csv", "results.json",
-                 "accuracy.json", "performance.json", "export.json"):
+                 "accuracy.json", "performance.json", "export.json", "accuracy_vs_torch.md", "report.md"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
-    assert saved["performance"]["onnxruntime"]["4"]["vision"] > 0
+    assert saved["performance"]["throughput"]["onnxruntime"]["4"]["vision"] > 0
+    latency = saved["performance"]["latency_ms"]["torch"]["4"]["text"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+    e2e = saved["infer"]["onnxruntime"]["4"]["vision"]
+    assert 0 < e2e["e2e_fps"] < e2e["compute_fps"]  # reading and writing files costs time
+    assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["commands"]["infer"][0].startswith("python openclip_infer.py --model ")
     table = (out / "throughput_onnxruntime.md").read_text()
     assert "| BatchSize | vision fps | text fps |" in table and table.count("**") == 4  # best of each column
@@ -73,3 +82,17 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path):
     onnx = {r["batch_size"]: r["metrics"] for r in demo[1]["accuracy"] if r["backend"] == "onnxruntime"}
     assert ascend == onnx
     assert (out / "throughput_ascend.md").is_file()
+
+
+def test_accuracy_comparison_and_report(demo):
+    out, results = demo
+    agreement = {(r["backend"], r["batch_size"]): r.get("agreement") for r in results["accuracy"]}
+    assert agreement[("torch", 1)] is None
+    fp32, int8 = agreement[("onnxruntime", 4)], agreement[("onnxruntime-int8", 4)]
+    assert fp32["vision"]["max_abs_diff"] <= 1e-4 and fp32["text"]["min_cosine"] > 0.99999
+    assert 0.99 < int8["vision"]["min_cosine"] < fp32["vision"]["min_cosine"]  # int8 costs something, visibly
+    report = (out / "report.md").read_text()
+    for needle in ("## Accuracy", "### Against PyTorch", "| onnxruntime-int8 | 4 |", "![throughput against batch size]",
+                   "## Published reference (not measured here)", "| 64 | 326 | 4502 |", "## Machine and software",
+                   "| onnxruntime |", "## Commands", "python openclip_infer.py --model"):
+        assert needle in report, needle

@@ -1,0 +1,104 @@
+"""``report.md``: the accuracy and speed tables, the plot, the machine and software, and the exact
+commands — what a user pastes into their model README."""
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from .files import read_json, write_text
+from .reports import comparison_table, markdown_table, recall_table, throughput_table
+
+PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
+            "aclruntime")
+PUBLISHED_910B4 = {1: (181, 407), 4: (251, 1031), 8: (285, 1944), 16: (306, 2999), 32: (319, 4139), 64: (326, 4502)}
+
+
+def machine():
+    """CPU model, cores, memory, OS and, on an Ascend host, the CANN version."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.lower().startswith("model name")]
+        cpu = names[0] if names else cpu
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        total_kb = int(meminfo.read_text().split()[1])
+        memory = f"{total_kb / 2**20:.0f} GiB"
+    info = {"os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory": memory,
+            "python": platform.python_version()}
+    toolkit = Path(os.environ.get("ASCEND_TOOLKIT_HOME", "/usr/local/Ascend/ascend-toolkit/latest"))
+    for version_file in (toolkit / "version.cfg", toolkit / "compiler" / "version.info"):
+        if version_file.is_file():
+            info["cann"] = version_file.read_text(errors="replace").strip().splitlines()[0]
+            break
+    return info
+
+
+def versions():
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _published_table():
+    rows = [[batch, vision, text] for batch, (vision, text) in PUBLISHED_910B4.items()]
+    return markdown_table(["BatchSize", "vision fps", "text fps"], rows)
+
+
+def write_report(run_dir):
+    run_dir = Path(run_dir)
+    results = read_json(run_dir / "results.json")
+    sections = [f"# {results.get('model_name', 'model')} — accuracy and speed report", ""]
+    sections += [f"Backend: **{results.get('backend')}**; weights: `{results.get('pretrained')}`.", ""]
+    if (run_dir / "accuracy.json").is_file():
+        accuracy = read_json(run_dir / "accuracy.json")
+        sections += ["## Accuracy (flickr30k-style retrieval, CLIP_benchmark's recall@k)", "",
+                     markdown_table(*recall_table(accuracy)), ""]
+        headers, rows = comparison_table(accuracy)
+        if rows:
+            sections += ["### Against PyTorch", "", markdown_table(headers, rows), "",
+                         "Cosine and max abs diff compare each output with PyTorch's for the same input.", ""]
+    if (run_dir / "performance.json").is_file():
+        performance = read_json(run_dir / "performance.json")
+        sections += ["## Throughput (pure inference, as ais_bench measures it)", "",
+                     f"fps = 1000 × batch / mean compute ms over {performance['loops']} runs after a dropped warm-up.", ""]
+        for backend, by_batch in performance["throughput"].items():
+            table = throughput_table({int(batch): row for batch, row in by_batch.items()})
+            sections += [f"### {backend}", "", markdown_table(*table), ""]
+        latency_rows = [[backend, batch, tower, f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}"]
+                        for backend, by_batch in performance["latency_ms"].items()
+                        for batch, towers in by_batch.items() for tower, lat in towers.items()]
+        sections += ["### Latency per run (ms)", "",
+                     markdown_table(["backend", "batch size", "tower", "p50", "p90", "p99"], latency_rows), ""]
+        if (run_dir / "throughput.png").is_file():
+            sections += ["![throughput against batch size](throughput.png)", ""]
+    infer = results.get("infer") or {}
+    if infer:
+        rows = [[backend, batch, tower, f"{v['compute_fps']:.1f}", f"{v['e2e_fps']:.1f}"]
+                for backend, by_batch in infer.items() for batch, towers in by_batch.items()
+                for tower, v in towers.items()]
+        sections += ["### End to end over the data set (reading inputs and writing outputs included)", "",
+                     markdown_table(["backend", "batch size", "tower", "compute fps", "end-to-end fps"], rows), ""]
+    sections += ["## Published reference (not measured here)", "",
+                 "Ascend ModelZoo OpenCLIP ViT-B-32 laion2b_s34b_b79k on 910B4 (CANN 7.0.RC1): recall@5 "
+                 "0.8841 image / 0.9620 text (PyTorch 0.8830 / 0.9630), pure-inference fps:", "",
+                 _published_table(), ""]
+    machine_info = machine()
+    sections += ["## Machine and software", "",
+                 markdown_table(["item", "value"], [[k, v] for k, v in {**machine_info, **versions()}.items()]), ""]
+    commands = results.get("commands") or {}
+    if commands:
+        sections += ["## Commands", "", "```bash"]
+        for step, lines in commands.items():
+            sections += [f"# {step}"] + lines
+        sections += ["```", ""]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(sections))
+    return path
