@@ -45,9 +45,11 @@ def convert_images(jobs, config, workers):
             _convert_image(job)
             bar.update()
     else:
-        context = multiprocessing.get_context("spawn")
+        # fork starts workers at once (they only use PIL and numpy); spawn where fork does not exist
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
         with context.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(),)) as pool:
-            for _ in pool.imap_unordered(_convert_image, jobs, chunksize=8):
+            for _ in pool.imap_unordered(_convert_image, jobs, chunksize=16):
                 bar.update()
     bar.close()
 
