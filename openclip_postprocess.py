@@ -27,6 +27,13 @@ def main():
     args = parser.parse_args()
 
     metrics, counts = evaluate_folders(args.vision_embeds, args.text_embeds, args.manifest, args.recall_k)
+    print(f"recall over {counts['images']} images and {counts['captions']} captions", end="")
+    if counts["skipped_in_preprocessing"]:
+        print(f"; {counts['skipped_in_preprocessing']} items were skipped in preprocessing (listed in the "
+              "manifest's 'skipped'), so this is not the full set", end="")
+    if counts["extra_outputs_ignored"]:
+        print(f"; {counts['extra_outputs_ignored']} outputs not in the manifest were ignored", end="")
+    print()
     if 5 in args.recall_k:
         print(metrics_line(metrics))
     rows = [[f"R@{k}", f"{metrics[f'image_retrieval_recall@{k}']:.4f}", f"{metrics[f'text_retrieval_recall@{k}']:.4f}"]

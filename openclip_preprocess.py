@@ -5,6 +5,7 @@
 """
 
 import argparse
+import sys
 
 from openclip_ascend.cli import print_result, run
 from openclip_ascend.models import TINY_MODEL
@@ -18,13 +19,21 @@ def main():
     parser.add_argument("--pretrained", default=None,
                         help="pretrained tag whose own mean/std/interpolation apply (optional)")
     parser.add_argument("--workers", type=int, default=None, help="processes for images (default: all cores)")
+    parser.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                        help="bad image or caption line: stop with a message (default), or leave it out, record it "
+                             "in the manifest and go on")
+    parser.add_argument("--force", action="store_true", help="redo every output (default: keep valid ones)")
     args = parser.parse_args()
 
     from openclip_ascend.preprocess import preprocess_dataset
 
-    manifest = preprocess_dataset(args.data_dir, args.save_dir, args.model_name, args.pretrained, args.workers)
-    print_result({"images": len(manifest.images), "captions": len(manifest.captions),
-                  "save_dir": args.save_dir, "preprocess": manifest.preprocess})
+    manifest = preprocess_dataset(args.data_dir, args.save_dir, args.model_name, args.pretrained, args.workers,
+                                  args.on_error, args.force)
+    for entry in manifest.skipped:
+        print(f"skipped: {entry['item']}: {entry['reason']}", file=sys.stderr)
+    print_result({"images": len(manifest.images), "captions": len(manifest.captions), "skipped": len(manifest.skipped),
+                  "unreferenced_images": manifest.unreferenced_images, "save_dir": args.save_dir,
+                  "preprocess": manifest.preprocess})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 """What every top-level script shares: one-line errors, exit codes, the final JSON result."""
 
 import json
+import signal
 import sys
 
 from .files import KitError
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwind like Ctrl-C, so temporary files are removed on the way out
+
+
 def run(main):
-    """Call ``main()``; a KitError becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    """Call ``main()``; a KitError becomes one line on stderr and exit code 2, Ctrl-C or SIGTERM exit 130."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = main()
     except KitError as exc:

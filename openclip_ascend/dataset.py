@@ -5,6 +5,7 @@ directory-listing order or on exactly five captions per image.
 """
 
 import csv
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class Manifest:
     model_name: str = ""
     preprocess: dict = field(default_factory=dict)
     context_length: int = 77
+    skipped: list = field(default_factory=list)  # [{"item", "reason"}] left out under --on-error skip
+    unreferenced_images: int = 0  # images in the data folder that no caption names (ignored)
 
     @property
     def image_stems(self):
@@ -41,6 +44,8 @@ class Manifest:
             "context_length": self.context_length,
             "images": [{"stem": stem, "file": name} for stem, name in zip(self.image_stems, self.images)],
             "captions": [asdict(caption) for caption in self.captions],
+            "skipped": self.skipped,
+            "unreferenced_images": self.unreferenced_images,
         }
 
     def save(self, path):
@@ -58,7 +63,20 @@ class Manifest:
             model_name=data.get("model_name", ""),
             preprocess=data.get("preprocess", {}),
             context_length=data.get("context_length", 77),
+            skipped=data.get("skipped", []),
+            unreferenced_images=data.get("unreferenced_images", 0),
         )
+
+    def without_images(self, names):
+        """The manifest with these images and their captions left out (indices renumbered)."""
+        names = set(names)
+        kept = [name for name in self.images if name not in names]
+        new_index = {name: i for i, name in enumerate(kept)}
+        captions = [Caption(c.stem, new_index[self.images[c.image]], c.text) for c in self.captions
+                    if self.images[c.image] not in names]
+        return Manifest(images=kept, captions=captions, model_name=self.model_name, preprocess=self.preprocess,
+                        context_length=self.context_length, skipped=self.skipped,
+                        unreferenced_images=self.unreferenced_images)
 
 
 def image_stem(file_name):
@@ -66,22 +84,66 @@ def image_stem(file_name):
     return Path(file_name).name.split(".", 1)[0]
 
 
-def read_annotations(path):
-    """Read ``flickr30k_test_karpathy.txt`` (pandas CSV, header ``image,caption``) into a Manifest."""
+class Problems:
+    """Bad input under the ``--on-error`` policy: ``stop`` raises at the first, ``skip`` records each."""
+
+    def __init__(self, on_error="stop"):
+        if on_error not in ("stop", "skip"):
+            raise KitError(f"--on-error {on_error!r}: choose stop or skip")
+        self.on_error = on_error
+        self.skipped = []
+
+    def report(self, item, reason, advice):
+        if self.on_error == "stop":
+            raise KitError(f"{item}: {reason}; {advice} (or pass --on-error skip to leave it out and go on)")
+        self.skipped.append({"item": str(item), "reason": reason})
+
+
+def _decode(path, data, problems):
+    """UTF-8 text of the annotation file; a line that is not UTF-8 is reported and left blank."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except UnicodeDecodeError as exc:
+            problems.report(f"{path}:{number}", f"bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r})",
+                            "re-save the file as UTF-8")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def read_annotations(path, problems=None):
+    """Read ``flickr30k_test_karpathy.txt`` (pandas CSV, header ``image,caption``) into a Manifest.
+
+    A UTF-8 BOM and Windows line endings are accepted; bad lines go to ``problems`` (stop by default).
+    """
+    problems = problems or Problems()
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: annotation file not found; --data-dir must hold the images and {ANNOTATION_FILE}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or [cell.strip().lower() for cell in rows[0]] != ["image", "caption"]:
-        found = rows[0] if rows else "an empty file"
-        raise KitError(f"{path}: the first line must be the header 'image,caption', found {found}")
-    images, index_of, captions = [], {}, []
-    per_image = {}
-    for line_number, row in enumerate(rows[1:], start=2):
+    reader = csv.reader(io.StringIO(_decode(path, path.read_bytes(), problems), newline=""))
+    header = next(reader, None)
+    if not header or [cell.strip().lower() for cell in header] != ["image", "caption"]:
+        found = ",".join(header) if header else "an empty file"
+        raise KitError(f"{path}: the first line must be the header 'image,caption', found {found!r}; "
+                       "restore the header (the file as distributed has it)")
+    images, index_of, captions, per_image = [], {}, [], {}
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if not row or row == [""]:
+            continue  # blank line (or a line blanked out above)
         if len(row) != 2:
-            raise KitError(f"{path}:{line_number}: expected 2 fields 'image,caption', found {len(row)}: {row}")
+            problems.report(where, f"expected 2 fields 'image,caption', found {len(row)}: {row}",
+                            "quote captions that contain commas")
+            continue
         name, text = row[0].strip(), row[1].strip()
+        if not text:
+            problems.report(where, f"empty caption for {name}", "write the caption or delete the line")
+            continue
         if name not in index_of:
             index_of[name] = len(images)
             images.append(name)
@@ -90,4 +152,4 @@ def read_annotations(path):
         captions.append(Caption(stem=f"{image_stem(name)}_{k}", image=index_of[name], text=text))
     if not captions:
         raise KitError(f"{path}: no captions after the header")
-    return Manifest(images=images, captions=captions)
+    return Manifest(images=images, captions=captions, skipped=problems.skipped)

@@ -203,7 +203,9 @@ def step_accuracy(config):
             config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
                        out / "text", "--manifest", config.prep / "manifest.json")
             metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json")
-            print(f"{backend} bs{batch}: {metrics_line(metrics)}")
+            skipped = counts["skipped_in_preprocessing"]
+            note = f" (over {counts['images']} images; {skipped} items skipped in preprocessing)" if skipped else ""
+            print(f"{backend} bs{batch}: {metrics_line(metrics)}{note}")
             entry = {"backend": backend, "batch_size": batch, "metrics": metrics, **counts}
             reference = config.infer_dir("torch", batch)
             if backend != "torch" and (reference / "vision").is_dir():

@@ -57,6 +57,10 @@ def _gather(embeddings, stems, kind, folder):
     if missing:
         raise KitError(f"{folder}: {len(missing)} of {len(stems)} {kind} outputs missing (first: {missing[0]}_0); "
                        "re-run inference on the full input folder")
+    broken = [stem for stem in stems if not np.isfinite(embeddings[stem]).all()]
+    if broken:
+        raise KitError(f"{folder}: {len(broken)} {kind} outputs hold NaN or Inf (first: {broken[0]}_0); no recall is "
+                       "computed from them — check the model's precision (e.g. fp16 overflow) and re-run inference")
     widths = {embeddings[stem].shape[0] for stem in stems}
     if len(widths) != 1:
         raise KitError(f"{folder}: {kind} outputs have different widths {sorted(widths)}; they come from different models")
@@ -74,7 +78,9 @@ def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL
         raise KitError(f"embedding widths differ: {vision_dir} has {images.shape[1]}, {text_dir} has "
                        f"{texts.shape[1]}; the two towers must come from the same model")
     metrics = retrieval_metrics(images, texts, [caption.image for caption in manifest.captions], ks)
-    return metrics, {"images": len(images), "captions": len(texts)}
+    extra = (len(image_embeds) - len(images)) + (len(text_embeds) - len(texts))
+    return metrics, {"images": len(images), "captions": len(texts), "skipped_in_preprocessing": len(manifest.skipped),
+                     "extra_outputs_ignored": extra}
 
 
 def embedding_agreement(reference_dir, candidate_dir):

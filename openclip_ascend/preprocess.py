@@ -1,4 +1,10 @@
-"""Step 1: flickr30k images and captions → ``images/{stem}.npy`` and ``texts/{stem}_{k}.npy`` + manifest."""
+"""Step 1: flickr30k images and captions → ``images/{stem}.npy`` and ``texts/{stem}_{k}.npy`` + manifest.
+
+Bad input follows ``--on-error``: ``stop`` (default) ends at the first problem with a message that
+names the file; ``skip`` leaves the item out, records it in the manifest and goes on. A re-run keeps
+valid outputs and makes the missing ones (``--force`` redoes all), so an interrupted step resumes to
+the same bytes an uninterrupted one writes.
+"""
 
 import multiprocessing
 import os
@@ -8,10 +14,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .dataset import ANNOTATION_FILE, read_annotations
+from .dataset import ANNOTATION_FILE, Problems, read_annotations
 from .files import KitError, save_npy
 from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _worker_preprocessor = None
 
 
@@ -21,15 +28,17 @@ def _init_worker(config_dict):
 
 
 def _convert_image(job):
+    """(source, target) → None on success, else the reason the image cannot be used."""
     source, target = job
     try:
         with Image.open(source) as img:
             pixels = _worker_preprocessor(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise KitError(f"{source}: cannot be read as an image ({exc}); replace the file or remove it "
-                       f"from {ANNOTATION_FILE}") from exc
+    except Image.DecompressionBombError as exc:
+        return f"larger than Pillow's decompression-bomb limit ({exc})"
+    except (OSError, ValueError, SyntaxError) as exc:  # unreadable, truncated, not an image
+        return f"cannot be read as an image ({exc})"
     save_npy(target, pixels[None])
-    return target
+    return None
 
 
 def default_workers():
@@ -37,45 +46,87 @@ def default_workers():
 
 
 def convert_images(jobs, config, workers):
-    """Run ``(source, target)`` jobs over ``workers`` processes; the bytes written do not depend on it."""
+    """Run ``(source, target)`` jobs over ``workers`` processes; returns {source: reason} of failures.
+
+    The bytes written do not depend on the worker count.
+    """
+    failures = {}
     bar = tqdm(total=len(jobs), desc="images", unit="img")
     if workers <= 1:
         _init_worker(config.to_dict())
         for job in jobs:
-            _convert_image(job)
+            reason = _convert_image(job)
+            if reason:
+                failures[job[0]] = reason
             bar.update()
     else:
         # fork starts workers at once (they only use PIL and numpy); spawn where fork does not exist
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         with context.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(),)) as pool:
-            for _ in pool.imap_unordered(_convert_image, jobs, chunksize=16):
+            for source, reason in zip((job[0] for job in jobs), pool.imap(_convert_image, jobs, chunksize=16)):
+                if reason:
+                    failures[source] = reason
                 bar.update()
     bar.close()
+    return failures
 
 
-def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None):
+def is_valid_array(path, shape, dtype):
+    """An existing output that can be kept: a readable .npy of exactly this shape and dtype."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return array.shape == tuple(shape) and array.dtype == np.dtype(dtype)
+
+
+def remove_stale_temporaries(folder):
+    """Temporary files an interrupted run left (``.{name}.*.tmp``): never outputs, always safe to drop."""
+    for path in Path(folder).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False):
     """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest."""
     from .models import load_model, preprocess_config
 
     data_dir, save_dir = Path(data_dir), Path(save_dir)
-    manifest = read_annotations(data_dir / ANNOTATION_FILE)
+    problems = Problems(on_error)
+    manifest = read_annotations(data_dir / ANNOTATION_FILE, problems)
+    named = set(manifest.images)
+    manifest.unreferenced_images = sum(1 for p in data_dir.iterdir()
+                                       if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in named)
     missing = [name for name in manifest.images if not (data_dir / name).is_file()]
-    if missing:
-        raise KitError(f"{data_dir / missing[0]}: image named in {ANNOTATION_FILE} not found "
-                       f"({len(missing)} missing in all); put the images beside the annotation file")
+    for name in missing:
+        problems.report(data_dir / name, f"named in {ANNOTATION_FILE} but not found",
+                        "put the image beside the annotation file")
     config = preprocess_config(load_model(model_name), model_name, pretrained)
     tokenizer = Tokenizer(model_name)
-    manifest.model_name = model_name
-    manifest.preprocess = config.to_dict()
-    manifest.context_length = tokenizer.context_length
+    height, width = config.size
+    for folder in ("images", "texts"):
+        (save_dir / folder).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(save_dir / folder)
 
-    jobs = [(data_dir / name, save_dir / "images" / f"{stem}.npy")
-            for name, stem in zip(manifest.images, manifest.image_stems)]
-    convert_images(jobs, config, workers or default_workers())
+    manifest = manifest.without_images(missing)
+    targets = {name: save_dir / "images" / f"{stem}.npy" for name, stem in zip(manifest.images, manifest.image_stems)}
+    jobs = [(data_dir / name, target) for name, target in targets.items()
+            if force or not is_valid_array(target, (1, 3, height, width), np.float32)
+            or target.stat().st_mtime < (data_dir / name).stat().st_mtime]
+    failures = convert_images(jobs, config, workers or default_workers())
+    for source, reason in failures.items():
+        problems.report(source, reason, "replace the file or remove its lines from the annotation file")
+    manifest = manifest.without_images([Path(source).name for source in failures])
 
     tokens = tokenizer([caption.text for caption in manifest.captions])
     for caption, row in zip(tqdm(manifest.captions, desc="texts", unit="caption"), tokens):
-        save_npy(save_dir / "texts" / f"{caption.stem}.npy", np.ascontiguousarray(row[None]))
+        target = save_dir / "texts" / f"{caption.stem}.npy"
+        if force or not is_valid_array(target, (1, tokenizer.context_length), np.int64) or \
+                not np.array_equal(np.load(target)[0], row):
+            save_npy(target, np.ascontiguousarray(row[None]))
+    manifest.model_name = model_name
+    manifest.preprocess = config.to_dict()
+    manifest.context_length = tokenizer.context_length
+    manifest.skipped = problems.skipped
     manifest.save(save_dir / "manifest.json")
     return manifest
