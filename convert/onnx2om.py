@@ -29,7 +29,10 @@ def main():
     parser.add_argument("--towers", default="vision,text")
     parser.add_argument("--batch-sizes", default="1,4,8,16,32,64")
     parser.add_argument("--soc-version", help="e.g. Ascend910B4 (default: detected with npu-smi info)")
-    parser.add_argument("--precision-mode", help="atc --precision_mode (e.g. force_fp32, must_keep_origin_dtype)")
+    parser.add_argument("--precision-mode",
+                        help="preset fp16 (atc default), fp32 (must_keep_origin_dtype), mixed (fp16 with LayerNorm, "
+                             "Softmax and the head kept fp32 via --keep_dtype), or any atc --precision_mode value; "
+                             "per tower as vision=mixed,text=fp16")
     parser.add_argument("--precision-mode-v2", help="atc --precision_mode_v2 (e.g. origin, mixed_float16)")
     parser.add_argument("--dynamic-batch", action="store_true", help="one OM per tower with every batch size as a gear")
     parser.add_argument("--output-dir", help="folder for the OMs (default: beside the ONNX files)")

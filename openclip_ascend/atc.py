@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .export import TOWERS, onnx_path
-from .files import KitError, atomic_path, write_json
+from .files import KitError, atomic_path, write_json, write_text
 
 ATC_SUCCESS = "ATC run success"
 ERROR_CODE = re.compile(r"\b(E[0-9A-Z]{5})\b")
@@ -35,6 +35,7 @@ class AtcJob:
     seconds: float = 0.0
     om: Path = None
     error: str = ""
+    keep_dtype: list = field(default_factory=list)  # node names the mixed preset keeps in fp32
     log: Path = field(init=False)
 
     def __post_init__(self):
@@ -68,14 +69,53 @@ def input_shape_arg(name, dims, batch):
     return f"{name}:" + ",".join(str(d) for d in [batch] + list(dims[1:]))
 
 
-def precision_args(precision_mode=None, precision_mode_v2=None):
+# Kit presets; any other value passes through as atc's own --precision_mode value.
+PRECISION_PRESETS = {
+    "fp16": [],  # atc's default, force_fp16 on 310P and 910B alike
+    "fp32": ["--precision_mode=must_keep_origin_dtype"],
+    "mixed": ["--precision_mode=force_fp16"],  # plus --keep_dtype: LayerNorm, Softmax and the head in fp32
+}
+LAYERNORM_SCOPE = re.compile(r"^(ln(_\w+)?|(layer_?)?norm\w*)$", re.IGNORECASE)
+
+
+def keep_dtype_nodes(path):
+    """ONNX node names the ``mixed`` preset keeps in fp32: every node inside a LayerNorm module scope
+    (``…/ln_1/ReduceMean``), every Softmax, and the head after the last LayerNorm (pooling, final
+    projection, L2 normalisation)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    in_norm = [any(LAYERNORM_SCOPE.match(part) for part in node.name.split("/")[:-1]) or
+               node.op_type == "LayerNormalization" for node in nodes]
+    last_norm = max((i for i, flag in enumerate(in_norm) if flag), default=len(nodes))
+    return [node.name for i, node in enumerate(nodes)
+            if node.name and node.op_type != "Constant" and (in_norm[i] or node.op_type == "Softmax" or i > last_norm)]
+
+
+def parse_precision(value, towers):
+    """``mixed`` for every tower, or ``vision=mixed,text=fp16`` per tower → {tower: preset or atc mode}."""
+    if not value:
+        return {tower: None for tower in towers}
+    if "=" not in value:
+        return {tower: value for tower in towers}
+    chosen = {tower: None for tower in towers}
+    for part in value.split(","):
+        tower, _, mode = part.partition("=")
+        if tower.strip() not in chosen or not mode.strip():
+            raise KitError(f"--precision-mode {value!r}: write MODE, or TOWER=MODE pairs for the towers {towers}")
+        chosen[tower.strip()] = mode.strip()
+    return chosen
+
+
+def precision_args(precision_mode=None, precision_mode_v2=None, keep_dtype_file=None):
     if precision_mode and precision_mode_v2:
         raise KitError("--precision-mode and --precision-mode-v2 cannot be combined: atc takes one of them")
-    if precision_mode:
-        return [f"--precision_mode={precision_mode}"]
     if precision_mode_v2:
         return [f"--precision_mode_v2={precision_mode_v2}"]
-    return []
+    if precision_mode in PRECISION_PRESETS:
+        extra = [f"--keep_dtype={keep_dtype_file}"] if precision_mode == "mixed" else []
+        return PRECISION_PRESETS[precision_mode] + extra
+    return [f"--precision_mode={precision_mode}"] if precision_mode else []
 
 
 def om_stem(prefix, tower, batch_label, tag=""):
@@ -86,9 +126,9 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
               precision_mode=None, precision_mode_v2=None, atc_args="", tag=""):
     """The atc commands to run: one per tower × batch size, or one per tower with all gears."""
     extra = shlex.split(atc_args or "")
-    if any(arg.split("=")[0] in PRECISION_FLAGS for arg in extra):
+    if any(arg.split("=")[0] in PRECISION_FLAGS + ("--keep_dtype",) for arg in extra):
         raise KitError("--atc-args: pass precision through --precision-mode / --precision-mode-v2")
-    precision = precision_args(precision_mode, precision_mode_v2)
+    modes = parse_precision(precision_mode, list(towers))
     prefix = Path(onnx_prefix)
     out_prefix = Path(output_dir) / prefix.name if output_dir else prefix
     jobs = []
@@ -98,6 +138,7 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
         model = onnx_path(prefix, tower)
         name, dims = graph_input(model)
         gears = [",".join(str(b) for b in batch_sizes)] if dynamic_batch else [str(b) for b in batch_sizes]
+        keep_nodes = keep_dtype_nodes(model) if modes[tower] == "mixed" else []
         for gear in gears:
             label = "dynbs" if dynamic_batch else f"bs{gear}"
             output = om_stem(out_prefix, tower, label, tag)
@@ -107,7 +148,9 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
                        "--log=error", f"--soc_version={soc_version}"]
             if dynamic_batch:
                 command.append(f"--dynamic_batch_size={gear}")
-            jobs.append(AtcJob(tower, gear, model, output, command + precision + extra))
+            keep_file = output.with_name(output.name + ".keep_dtype.cfg") if modes[tower] == "mixed" else None
+            precision = precision_args(modes[tower], precision_mode_v2, keep_file)
+            jobs.append(AtcJob(tower, gear, model, output, command + precision + extra, keep_dtype=keep_nodes))
     return jobs
 
 
@@ -150,6 +193,8 @@ def run_job(job, force=False):
             job.status, job.om = "skipped", om
             return job
     job.output.parent.mkdir(parents=True, exist_ok=True)
+    if job.keep_dtype:
+        write_text(job.output.with_name(job.output.name + ".keep_dtype.cfg"), "\n".join(job.keep_dtype) + "\n")
     start = time.perf_counter()
     with atomic_path(job.log) as tmp, open(tmp, "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(job.command) + "\n")

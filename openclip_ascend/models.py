@@ -83,12 +83,16 @@ def resolve_checkpoint(model_name, pretrained):
                    f"and this kit never downloads; fetch {source} and pass --pretrained /path/to/that/file")
 
 
-def load_model(model_name, pretrained=None):
-    """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag)."""
+def load_model(model_name, pretrained=None, **overrides):
+    """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag).
+
+    ``overrides`` replace top-level config entries (e.g. a ``vision_cfg`` with fewer layers), as
+    open_clip's ``create_model(**model_kwargs)`` does.
+    """
     open_clip = check_model_name(model_name)
     checkpoint = resolve_checkpoint(model_name, pretrained)
     with quiet_root_logger():
-        model = open_clip.create_model(model_name, pretrained=None)
+        model = open_clip.create_model(model_name, pretrained=None, **overrides)
     if checkpoint is not None:
         try:
             open_clip.load_checkpoint(model, str(checkpoint))

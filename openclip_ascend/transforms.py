@@ -134,6 +134,11 @@ class Tokenizer:
         from .files import KitError
 
         self.model_name = model_name
+        hf_name = ((open_clip.get_model_config(model_name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+        if hf_name:  # open_clip would try to download it from the Hugging Face hub here
+            raise KitError(f"--model-name {model_name}: its tokenizer is the Hugging Face tokenizer {hf_name!r}, "
+                           "which this kit does not support (it needs a download and differs from open_clip's BPE); "
+                           "use a model with the standard tokenizer (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, …)")
         self._tokenizer = open_clip.get_tokenizer(model_name)
         if not isinstance(self._tokenizer, open_clip.SimpleTokenizer):
             raise KitError(f"--model-name {model_name}: its tokenizer ({type(self._tokenizer).__name__}) is "

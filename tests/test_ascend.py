@@ -161,6 +161,28 @@ def test_dynamic_batch_and_precision(tools, tiny_onnx, tmp_path):
     assert (tmp_path / "tiny_text_dynbs_fp32.om").is_file() and tools("npu-smi") == []
 
 
+def test_precision_presets_per_tower(tools, tiny_onnx, tmp_path):
+    result = convert("--onnx-prefix", str(tiny_onnx), "--batch-sizes", "4", "--precision-mode", "vision=mixed,text=fp32",
+                     "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    calls = {("image:" in " ".join(c["argv"])): c["argv"] for c in tools("atc")}
+    vision, text = calls[True], calls[False]
+    keep = tmp_path / "tiny_vision_bs4.keep_dtype.cfg"
+    assert "--precision_mode=force_fp16" in vision and f"--keep_dtype={keep}" in vision
+    assert "--precision_mode=must_keep_origin_dtype" in text and not any(a.startswith("--keep_dtype") for a in text)
+    nodes = keep.read_text().split()
+    assert any("/ln_1/" in n for n in nodes) and any("/ln_post/" in n for n in nodes)
+    assert any(n.endswith("Softmax") for n in nodes) and nodes[-1].endswith("/Div")  # the L2 normalisation
+    assert not any("/mlp/" in n for n in nodes)  # the matrix products stay fp16
+
+
+def test_raw_atc_precision_mode_passes_through(tiny_onnx, tmp_path):
+    (job,) = plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path, precision_mode="allow_mix_precision")
+    assert job.command[-1] == "--precision_mode=allow_mix_precision"
+    with pytest.raises(KitError, match="TOWER=MODE"):
+        plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path, precision_mode="audio=fp16")
+
+
 def test_both_precision_flags_are_refused(tiny_onnx):
     with pytest.raises(KitError, match="cannot be combined"):
         plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", precision_mode="force_fp32", precision_mode_v2="origin")
