@@ -30,7 +30,9 @@ def main():
     parser.add_argument("--batchsize", type=int, default=1, help="model batch for a dynamic-batch model")
     parser.add_argument("--loop", "-l", type=int, default=1, help="runs per batch (timed)")
     parser.add_argument("--warmup_count", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--device", "-d", default="0", help="NPU id(s): 0,1,… runs one process per device (OM only)")
+    parser.add_argument("--device", "-d", default="0",
+                        help="NPU id(s): 0,1,… runs one process per device (OM only); cuda: ONNX on the GPU "
+                             "(needs onnxruntime-gpu)")
     parser.add_argument("--dymBatch", type=int, default=None, help="batch gear of a dynamic-batch OM")
     parser.add_argument("--via-ais-bench", action="store_true",
                         help="run `python3 -m ais_bench` itself with these flags and parse its output")
@@ -47,6 +49,11 @@ def main():
 
     if args.batchsize < 1 or args.loop < 1 or args.warmup_count < 0:
         raise KitError("--batchsize and --loop must be ≥ 1 and --warmup_count ≥ 0")
+    if args.device == "cuda":  # ONNX on the GPU through onnxruntime-gpu
+        session = open_session(args.backend, args.model, device="cuda")
+        infer(session, args.input, args.output, args.output_dirname, args.outfmt, args.batchsize, args.loop,
+              args.warmup_count, args=vars(args))
+        return 0
     devices = csv_ints(args.device, minimum=0)
     if args.via_ais_bench:
         from openclip_ascend import aisbench

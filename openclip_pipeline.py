@@ -46,6 +46,8 @@ def main():
                         help="skip the PyTorch reference [REFERENCE=0]")
     parser.add_argument("--int8", action="store_true", default=env("INT8") == "1",
                         help="also run the int8 ONNX Runtime fallback [INT8=1]")
+    parser.add_argument("--gpu", action="store_true", default=env("GPU") == "1",
+                        help="also run the ONNX models on CUDA (needs onnxruntime-gpu) [GPU=1]")
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
@@ -55,7 +57,7 @@ def main():
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
                        data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
-                       reference=not args.no_reference, int8=args.int8, soc_version=args.soc_version, workers=args.workers,
+                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops)
     run_steps(config, parse_steps(args.steps))
 

@@ -13,23 +13,42 @@ from .files import KitError
 BACKENDS = ("auto", "onnxruntime", "torch", "ascend")
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def execution_providers(device, available):
+    """ONNX Runtime providers for ``device`` (cpu or cuda), best first, from those installed."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise KitError(f"--device {device!r} for an ONNX model: choose cpu or cuda")
+    gpu = [provider for provider in GPU_PROVIDERS if provider in available]
+    if "CUDAExecutionProvider" not in gpu:
+        raise KitError(f"--device cuda: this ONNX Runtime has no CUDA provider (it has {', '.join(available)}); "
+                       "`pip install onnxruntime-gpu` (instead of onnxruntime) on a machine with an NVIDIA GPU")
+    return gpu + ["CPUExecutionProvider"]
+
+
 class OnnxRuntimeSession:
-    """ONNX Runtime on CPU: the fallback that runs anywhere."""
+    """ONNX Runtime: on the CPU, the fallback that runs anywhere; with onnxruntime-gpu, on CUDA/TensorRT."""
 
-    name = "onnxruntime"
-
-    def __init__(self, path, intra_op_threads=0):
+    def __init__(self, path, intra_op_threads=0, device="cpu"):
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise KitError(f"{path}: ONNX model not found; export it with openclip_torch2onnx.py")
+        providers = execution_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise KitError(f"{path}: ONNX Runtime cannot load this model ({str(exc).splitlines()[0]})") from exc
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise KitError(f"{path}: ONNX Runtime fell back to the CPU (CUDA libraries or GPU missing); check "
+                           "`nvidia-smi` and the CUDA/cuDNN versions onnxruntime-gpu was built for")
+        self.name = "onnxruntime" if device == "cpu" else "onnxruntime-cuda"
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise KitError(f"{path}: expected one input and one output, found {len(inputs)} inputs "
@@ -157,8 +176,9 @@ def open_session(backend="auto", model=None, model_name=None, pretrained=None, t
         return AscendSession(model, device, dym_batch)
     if dym_batch:
         raise KitError("--dymBatch applies to dynamic-batch OMs; for ONNX use --batchsize")
+    onnx_device = "cuda" if str(device) == "cuda" else "cpu"
     if backend in ("auto", "onnxruntime"):
         if suffix != ".onnx":
             raise KitError(f"{model}: not an .onnx file; pass an ONNX model exported by openclip_torch2onnx.py")
-        return OnnxRuntimeSession(model)
+        return OnnxRuntimeSession(model, device=onnx_device)
     raise KitError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")

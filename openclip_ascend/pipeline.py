@@ -17,6 +17,7 @@ from .models import TINY_MODEL, TINY_WEIGHTS
 
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
 INT8 = "onnxruntime-int8"
+GPU = "onnxruntime-cuda"
 TOWER_INPUTS = {"vision": "images", "text": "texts"}
 
 
@@ -30,6 +31,7 @@ class RunConfig:
     backend: str = "auto"  # auto | ascend | onnxruntime
     reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
     int8: bool = False  # also run the int8 (dynamically quantised) ONNX Runtime fallback
+    gpu: bool = False  # also run the ONNX models on CUDA through onnxruntime-gpu
     soc_version: str = None
     workers: int = None
     opset: int = None
@@ -82,7 +84,8 @@ def resolve_backend(requested):
 
 def backends_of(config):
     backend, _ = resolve_backend(config.backend)
-    return [backend] + ([INT8] if config.int8 else []) + (["torch"] if config.reference else [])
+    extras = ([INT8] if config.int8 else []) + ([GPU] if config.gpu else [])
+    return [backend] + extras + (["torch"] if config.reference else [])
 
 
 def step_preprocess(config):
@@ -150,6 +153,8 @@ def _session(config, backend, tower, batch):
         return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower))
     if backend == INT8:
         return OnnxRuntimeSession(int8_path(config.onnx_prefix, tower))
+    if backend == GPU:
+        return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower), device="cuda")
     om = find_om(om_stem(config.onnx_prefix, tower, f"bs{batch}"))
     if om is None:
         raise KitError(f"{om_stem(config.onnx_prefix, tower, f'bs{batch}')}.om not found; run step 3 (convert) first")
@@ -166,6 +171,8 @@ def _model_arg(config, backend, tower, batch):
         return ["--model", onnx_path(config.onnx_prefix, tower)]
     if backend == INT8:
         return ["--model", int8_path(config.onnx_prefix, tower)]
+    if backend == GPU:
+        return ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"]
     return ["--model", f"{config.onnx_prefix}_{tower}_bs{batch}.om"]
 
 

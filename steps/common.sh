@@ -9,6 +9,7 @@
 #   REFERENCE    0 to skip the PyTorch reference  (default 1)
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
 #   INT8         1 adds the int8 ONNX Runtime fallback (default 0)
+#   GPU          1 adds ONNX Runtime on CUDA (needs onnxruntime-gpu; default 0)
 #   PYTHON       interpreter                      (default python3)
 set -euo pipefail
 STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
