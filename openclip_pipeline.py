@@ -48,6 +48,11 @@ def main():
                         help="also run the int8 ONNX Runtime fallback [INT8=1]")
     parser.add_argument("--gpu", action="store_true", default=env("GPU") == "1",
                         help="also run the ONNX models on CUDA (needs onnxruntime-gpu) [GPU=1]")
+    parser.add_argument("--dynamic-batch", action="store_true", default=env("DYNAMIC_BATCH") == "1",
+                        help="one dynamic-batch OM per tower, run at each batch size as a gear [DYNAMIC_BATCH=1]")
+    parser.add_argument("--devices", default=env("DEVICES", "0"), help="NPU ids, e.g. 0,1 [DEVICES]")
+    parser.add_argument("--precision-mode", default=env("PRECISION"),
+                        help="atc precision: fp16, fp32, mixed, vision=mixed,text=fp16 or an atc mode [PRECISION]")
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
@@ -57,7 +62,9 @@ def main():
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
                        data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
-                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu, soc_version=args.soc_version, workers=args.workers,
+                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu,
+                       dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
+                       precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops)
     run_steps(config, parse_steps(args.steps))
 

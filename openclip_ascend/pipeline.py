@@ -6,6 +6,7 @@ left in ``output_dir`` and writes its own results there; ``steps/*.sh`` and ``op
 call these with the same configuration.
 """
 
+import functools
 import importlib.util
 import shlex
 import shutil
@@ -32,6 +33,9 @@ class RunConfig:
     reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
     int8: bool = False  # also run the int8 (dynamically quantised) ONNX Runtime fallback
     gpu: bool = False  # also run the ONNX models on CUDA through onnxruntime-gpu
+    dynamic_batch: bool = False  # one dynamic-batch OM per tower, its gears the batch sizes
+    devices: list = field(default_factory=lambda: [0])  # NPU ids; several run one process each
+    precision_mode: str = None  # atc precision preset or mode (see atc.PRECISION_PRESETS)
     soc_version: str = None
     workers: int = None
     opset: int = None
@@ -132,8 +136,11 @@ def step_convert(config):
     for warning in warnings:
         print(f"warning: {warning}")
     config.log("python", "convert/onnx2om.py", "--onnx-prefix", config.onnx_prefix, "--batch-sizes",
-               ",".join(map(str, config.batch_sizes)), "--soc-version", soc)
-    jobs = run_jobs(plan_jobs(config.onnx_prefix, list(TOWER_INPUTS), config.batch_sizes, soc))
+               ",".join(map(str, config.batch_sizes)), "--soc-version", soc,
+               *(["--dynamic-batch"] if config.dynamic_batch else []),
+               *(["--precision-mode", config.precision_mode] if config.precision_mode else []))
+    jobs = run_jobs(plan_jobs(config.onnx_prefix, list(TOWER_INPUTS), config.batch_sizes, soc,
+                              dynamic_batch=config.dynamic_batch, precision_mode=config.precision_mode))
     print(markdown_table(SUMMARY_HEADERS, summary_rows(jobs)))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:
@@ -142,58 +149,69 @@ def step_convert(config):
     return {"soc_version": soc, "oms": {f"{job.tower}_bs{job.batch}": str(job.om) for job in jobs}}
 
 
-def _session(config, backend, tower, batch):
+def _om(config, tower, batch):
     from .atc import find_om, om_stem
-    from .backends import AscendSession, OnnxRuntimeSession, TorchSession
+
+    stem = om_stem(config.onnx_prefix, tower, "dynbs" if config.dynamic_batch else f"bs{batch}")
+    om = find_om(stem)
+    if om is None:
+        raise KitError(f"{stem}.om not found; run step 3 (convert) first")
+    return om
+
+
+def _cpu_session(config, backend, tower):
+    from .backends import OnnxRuntimeSession, TorchSession
     from .export import int8_path, onnx_path
 
     if backend == "torch":
         return TorchSession(config.model_name, config.pretrained, tower)
-    if backend == "onnxruntime":
-        return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower))
     if backend == INT8:
         return OnnxRuntimeSession(int8_path(config.onnx_prefix, tower))
-    if backend == GPU:
-        return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower), device="cuda")
-    om = find_om(om_stem(config.onnx_prefix, tower, f"bs{batch}"))
-    if om is None:
-        raise KitError(f"{om_stem(config.onnx_prefix, tower, f'bs{batch}')}.om not found; run step 3 (convert) first")
-    return AscendSession(om)
+    return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower), device="cuda" if backend == GPU else "cpu")
 
 
-def _model_arg(config, backend, tower, batch):
+def _runs(config):
+    """(backend, batch, tower, model flags, run) for every combination; ``run(**infer kwargs)`` returns
+    the ais_bench-style summary. OMs run on ``config.devices`` (one process per device when several),
+    dynamic-batch OMs at each gear; the CPU sessions are built once per tower."""
+    from .backends import AscendSession
     from .export import int8_path, onnx_path
+    from .runner import infer, infer_devices
 
-    if backend == "torch":
-        return ["--backend", "torch", "--model-name", config.model_name, "--pretrained", config.pretrained or "",
-                "--tower", tower]
-    if backend == "onnxruntime":
-        return ["--model", onnx_path(config.onnx_prefix, tower)]
-    if backend == INT8:
-        return ["--model", int8_path(config.onnx_prefix, tower)]
-    if backend == GPU:
-        return ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"]
-    return ["--model", f"{config.onnx_prefix}_{tower}_bs{batch}.om"]
-
-
-def step_infer(config):
-    from .runner import infer
-
-    results = {}
     for backend in backends_of(config):
         sessions = {}
         for batch in config.batch_sizes:
-            for tower, folder in TOWER_INPUTS.items():
-                if backend == "ascend" or tower not in sessions:
-                    sessions[tower] = _session(config, backend, tower, batch)
-                out = config.infer_dir(backend, batch)
-                config.log("python", "openclip_infer.py", *_model_arg(config, backend, tower, batch), "--input",
-                           config.prep / folder, "--output", out, "--output_dirname", tower, "--outfmt", "NPY",
-                           "--batchsize", batch)
-                summary = infer(sessions[tower], input=str(config.prep / folder), output=str(out),
-                                output_dirname=tower, outfmt="NPY", batchsize=batch)
-                results.setdefault(backend, {}).setdefault(batch, {})[tower] = {
-                    "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"]}
+            for tower in TOWER_INPUTS:
+                if backend == "ascend":
+                    om, gear = _om(config, tower, batch), batch if config.dynamic_batch else None
+                    flags = ["--model", om] + (["--dymBatch", gear] if gear else []) + \
+                            (["--device", ",".join(map(str, config.devices))] if config.devices != [0] else [])
+                    if len(config.devices) > 1:
+                        run = functools.partial(infer_devices, {"backend": "ascend", "model": str(om), "dym_batch": gear},
+                                                config.devices)
+                    else:
+                        run = functools.partial(infer, AscendSession(om, config.devices[0], gear))
+                else:
+                    if tower not in sessions:
+                        sessions[tower] = _cpu_session(config, backend, tower)
+                    run = functools.partial(infer, sessions[tower])
+                    flags = {"torch": ["--backend", "torch", "--model-name", config.model_name, "--pretrained",
+                                       config.pretrained or "", "--tower", tower],
+                             INT8: ["--model", int8_path(config.onnx_prefix, tower)],
+                             GPU: ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"],
+                             }.get(backend, ["--model", onnx_path(config.onnx_prefix, tower)])
+                yield backend, batch, tower, flags, run
+
+
+def step_infer(config):
+    results = {}
+    for backend, batch, tower, flags, run in _runs(config):
+        folder, out = config.prep / TOWER_INPUTS[tower], config.infer_dir(backend, batch)
+        config.log("python", "openclip_infer.py", *flags, "--input", folder, "--output", out, "--output_dirname",
+                   tower, "--outfmt", "NPY", "--batchsize", batch)
+        summary = run(input=str(folder), output=str(out), output_dirname=tower, outfmt="NPY", batchsize=batch)
+        results.setdefault(backend, {}).setdefault(batch, {})[tower] = {
+            "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"]}
     return results
 
 
@@ -229,25 +247,23 @@ def step_accuracy(config):
 
 def step_performance(config):
     from .reports import plot_throughput, save_table, throughput_table
-    from .runner import infer
 
-    throughput, latency = {}, {}
-    for backend in backends_of(config):
-        sessions = {}
-        for batch in config.batch_sizes:
-            for tower in TOWER_INPUTS:
-                if backend == "ascend" or tower not in sessions:
-                    sessions[tower] = _session(config, backend, tower, batch)
-                config.log("python", "openclip_infer.py", *_model_arg(config, backend, tower, batch), "--loop",
-                           config.perf_loops, "--batchsize", batch)
-                summary = infer(sessions[tower], output=str(config.output_dir / "perf" / backend),
-                                output_dirname=f"{tower}_bs{batch}", batchsize=batch, loop=config.perf_loops)
-                throughput.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
-                latency.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["latency_ms"]
-        print(save_table(config.output_dir / f"throughput_{backend}", *throughput_table(throughput[backend]),
+    throughput, latency, per_device = {}, {}, {}
+    for backend, batch, tower, flags, run in _runs(config):
+        config.log("python", "openclip_infer.py", *flags, "--loop", config.perf_loops, "--batchsize", batch)
+        summary = run(output=str(config.output_dir / "perf" / backend), output_dirname=f"{tower}_bs{batch}",
+                      batchsize=batch, loop=config.perf_loops)
+        throughput.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["throughput"]
+        latency.setdefault(backend, {}).setdefault(batch, {})[tower] = summary["latency_ms"]
+        if "devices" in summary:
+            per_device.setdefault(backend, {}).setdefault(batch, {})[tower] = {
+                device: entry["throughput"] for device, entry in summary["devices"].items()}
+    for backend, by_batch in throughput.items():
+        print(save_table(config.output_dir / f"throughput_{backend}", *throughput_table(by_batch),
                          title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
     plot_throughput(throughput, config.output_dir / "throughput.png")
-    performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops}
+    performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops,
+                   "per_device": per_device}
     write_json(config.output_dir / "performance.json", performance)
     return performance
 

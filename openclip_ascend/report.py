@@ -77,6 +77,13 @@ def write_report(run_dir):
                         for batch, towers in by_batch.items() for tower, lat in towers.items()]
         sections += ["### Latency per run (ms)", "",
                      markdown_table(["backend", "batch size", "tower", "p50", "p90", "p99"], latency_rows), ""]
+        device_rows = [[backend, batch, tower, device, f"{fps:.1f}"]
+                       for backend, by_batch in performance.get("per_device", {}).items()
+                       for batch, towers in by_batch.items() for tower, devices in towers.items()
+                       for device, fps in devices.items()]
+        if device_rows:
+            sections += ["### Per device (the throughput above is their sum, as ais_bench's summary throughput)", "",
+                         markdown_table(["backend", "batch size", "tower", "device", "fps"], device_rows), ""]
         if (run_dir / "throughput.png").is_file():
             sections += ["![throughput against batch size](throughput.png)", ""]
     infer = results.get("infer") or {}

@@ -233,8 +233,10 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
     root = Path(output) / dirname if output else None
     jobs = [(session_args, device, share, root / f"device{device}" if root else None, batchsize, outfmt, loop,
              warmup_count) for device, share in zip(devices, shares) if share is None or share]
+    start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         results = pool.map(_run_on_device, jobs)
+    wall = time.perf_counter() - start
     per_device = {}
     for device, times, filesinfo, batch in results:
         per_device[str(device)] = summarise(times, batch, dict(args or {}, device=device), filesinfo, "ascend")
@@ -242,7 +244,11 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
         print("\n".join(summary_lines(per_device[str(device)])))
     total = sum(summary["throughput"] for summary in per_device.values())
     print(f"[INFO] summary throughput:{total}")
-    summary = {"throughput": total, "devices": per_device, "args": dict(args or {})}
+    all_times = [t for _, times, _, _ in results for t in times]
+    samples = len(files) if files else sum(batch * loop for _, _, _, batch in results)
+    summary = {"throughput": total, "batchsize": results[0][3], "devices": per_device, "args": dict(args or {}),
+               "latency_ms": summarise(all_times, results[0][3], {})["latency_ms"],
+               "e2e": {"seconds": wall, "samples": samples, "fps": samples / wall if wall else 0.0}}
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
     return summary

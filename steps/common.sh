@@ -10,6 +10,9 @@
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
 #   INT8         1 adds the int8 ONNX Runtime fallback (default 0)
 #   GPU          1 adds ONNX Runtime on CUDA (needs onnxruntime-gpu; default 0)
+#   DYNAMIC_BATCH 1 compiles one dynamic-batch OM per tower, run at each batch size (default 0)
+#   DEVICES      NPU ids, e.g. 0,1: one process per device, throughput summed (default 0)
+#   PRECISION    atc precision: fp16, fp32, mixed or vision=mixed,text=fp16 (default fp16)
 #   PYTHON       interpreter                      (default python3)
 set -euo pipefail
 STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

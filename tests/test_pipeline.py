@@ -96,3 +96,27 @@ def test_accuracy_comparison_and_report(demo):
                    "## Published reference (not measured here)", "| 64 | 326 | 4502 |", "## Machine and software",
                    "| onnxruntime |", "## Commands", "python openclip_infer.py --model"):
         assert needle in report, needle
+
+
+def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path):
+    """DYNAMIC_BATCH=1, DEVICES=0,1 and PRECISION=mixed through the shell steps on the stand-in tools."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/310P3_two_cards.txt"),
+           "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
+           "DYNAMIC_BATCH": "1", "DEVICES": "0,1", "PRECISION": "mixed", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "models").glob("*.om")) == [
+        "openclip_ascend_tiny_text_dynbs.om", "openclip_ascend_tiny_vision_dynbs.om"]
+    assert (out / "models" / "openclip_ascend_tiny_vision_dynbs.keep_dtype.cfg").is_file()
+    assert len(list((out / "infer" / "ascend_bs4" / "vision" / "device1").glob("*_0.npy"))) == 50
+    ascend = {r["batch_size"]: r["metrics"] for r in json.loads((out / "accuracy.json").read_text())}
+    onnx = {r["batch_size"]: r["metrics"] for r in demo[1]["accuracy"] if r["backend"] == "onnxruntime"}
+    assert ascend == onnx
+    performance = json.loads((out / "performance.json").read_text())
+    devices = performance["per_device"]["ascend"]["4"]["vision"]
+    assert set(devices) == {"0", "1"}
+    assert performance["throughput"]["ascend"]["4"]["vision"] == pytest.approx(sum(devices.values()))
+    report = (out / "report.md").read_text()
+    assert "### Per device" in report and "--dymBatch 4 --device 0,1" in report
