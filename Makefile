@@ -18,7 +18,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 PYTHON=$(PY) bash steps/run_all.sh
+	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 PYTHON=$(PY) bash steps/run_all.sh
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

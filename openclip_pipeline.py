@@ -48,6 +48,9 @@ def main():
                         help="also run the int8 ONNX Runtime fallback [INT8=1]")
     parser.add_argument("--gpu", action="store_true", default=env("GPU") == "1",
                         help="also run the ONNX models on CUDA (needs onnxruntime-gpu) [GPU=1]")
+    parser.add_argument("--fp16-estimate", action="store_true", default=env("FP16_ESTIMATE") == "1",
+                        help="estimate an fp16 OM's accuracy on the CPU (fp16 rounding of weights and activations) "
+                             "[FP16_ESTIMATE=1]")
     parser.add_argument("--dynamic-batch", action="store_true", default=env("DYNAMIC_BATCH") == "1",
                         help="one dynamic-batch OM per tower, run at each batch size as a gear [DYNAMIC_BATCH=1]")
     parser.add_argument("--devices", default=env("DEVICES", "0"), help="NPU ids, e.g. 0,1 [DEVICES]")
@@ -62,7 +65,7 @@ def main():
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
                        data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
-                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu,
+                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu, fp16_estimate=args.fp16_estimate,
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops)

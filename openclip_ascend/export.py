@@ -214,3 +214,47 @@ def quantize_int8(prefix, tower):
         warnings.simplefilter("ignore")
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
     return target
+
+
+def fp16_estimate_path(prefix, tower):
+    return Path(f"{prefix}_{tower}_fp16sim.onnx")
+
+
+def simulate_fp16(prefix, tower):
+    """An fp32 graph that rounds like an fp16 NPU build, to estimate force_fp16's accuracy cost on a CPU.
+
+    Weights are rounded to fp16 and every float tensor a node produces passes through
+    Cast(float16)→Cast(float): storage in fp16, arithmetic in fp32 — what Ascend's cube units do
+    (fp16 operands, fp32 accumulation, fp16 results). Not bit-exact to any NPU kernel: an estimate.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    source, target = onnx_path(prefix, tower), fp16_estimate_path(prefix, tower)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float16).astype(np.float32), init.name))
+    float_values = {v.name for v in list(graph.value_info) + list(graph.output)
+                    if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type in ("Shape", "Constant"):
+            continue
+        for index, output in enumerate(node.output):
+            if output not in float_values:
+                continue
+            raw = f"{output}__fp32"
+            node.output[index] = raw
+            nodes.append(helper.make_node("Cast", [raw], [f"{output}__fp16"], to=TensorProto.FLOAT16,
+                                          name=f"{node.name}/to_fp16_{index}"))
+            nodes.append(helper.make_node("Cast", [f"{output}__fp16"], [output], to=TensorProto.FLOAT,
+                                          name=f"{node.name}/from_fp16_{index}"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
+    return target

@@ -19,6 +19,7 @@ from .models import TINY_MODEL, TINY_WEIGHTS
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
 INT8 = "onnxruntime-int8"
 GPU = "onnxruntime-cuda"
+FP16_ESTIMATE = "fp16-estimate"  # CPU run of the graph with fp16 rounding: accuracy only, not speed
 TOWER_INPUTS = {"vision": "images", "text": "texts"}
 
 
@@ -33,6 +34,7 @@ class RunConfig:
     reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
     int8: bool = False  # also run the int8 (dynamically quantised) ONNX Runtime fallback
     gpu: bool = False  # also run the ONNX models on CUDA through onnxruntime-gpu
+    fp16_estimate: bool = False  # estimate an fp16 OM's accuracy on the CPU before reaching an NPU
     dynamic_batch: bool = False  # one dynamic-batch OM per tower, its gears the batch sizes
     devices: list = field(default_factory=lambda: [0])  # NPU ids; several run one process each
     precision_mode: str = None  # atc precision preset or mode (see atc.PRECISION_PRESETS)
@@ -88,7 +90,8 @@ def resolve_backend(requested):
 
 def backends_of(config):
     backend, _ = resolve_backend(config.backend)
-    extras = ([INT8] if config.int8 else []) + ([GPU] if config.gpu else [])
+    extras = ([INT8] if config.int8 else []) + ([GPU] if config.gpu else []) + \
+        ([FP16_ESTIMATE] if config.fp16_estimate else [])
     return [backend] + extras + (["torch"] if config.reference else [])
 
 
@@ -119,6 +122,11 @@ def step_export(config):
 
         for tower in TOWER_INPUTS:
             report[tower]["int8_path"] = str(quantize_int8(config.onnx_prefix, tower))
+    if config.fp16_estimate:
+        from .export import simulate_fp16
+
+        for tower in TOWER_INPUTS:
+            report[tower]["fp16_estimate_path"] = str(simulate_fp16(config.onnx_prefix, tower))
     write_json(config.output_dir / "export.json", report)
     return report
 
@@ -161,12 +169,14 @@ def _om(config, tower, batch):
 
 def _cpu_session(config, backend, tower):
     from .backends import OnnxRuntimeSession, TorchSession
-    from .export import int8_path, onnx_path
+    from .export import fp16_estimate_path, int8_path, onnx_path
 
     if backend == "torch":
         return TorchSession(config.model_name, config.pretrained, tower)
     if backend == INT8:
         return OnnxRuntimeSession(int8_path(config.onnx_prefix, tower))
+    if backend == FP16_ESTIMATE:
+        return OnnxRuntimeSession(fp16_estimate_path(config.onnx_prefix, tower))
     return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower), device="cuda" if backend == GPU else "cpu")
 
 
@@ -175,7 +185,7 @@ def _runs(config):
     the ais_bench-style summary. OMs run on ``config.devices`` (one process per device when several),
     dynamic-batch OMs at each gear; the CPU sessions are built once per tower."""
     from .backends import AscendSession
-    from .export import int8_path, onnx_path
+    from .export import fp16_estimate_path, int8_path, onnx_path
     from .runner import infer, infer_devices
 
     for backend in backends_of(config):
@@ -198,6 +208,7 @@ def _runs(config):
                     flags = {"torch": ["--backend", "torch", "--model-name", config.model_name, "--pretrained",
                                        config.pretrained or "", "--tower", tower],
                              INT8: ["--model", int8_path(config.onnx_prefix, tower)],
+                             FP16_ESTIMATE: ["--model", fp16_estimate_path(config.onnx_prefix, tower)],
                              GPU: ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"],
                              }.get(backend, ["--model", onnx_path(config.onnx_prefix, tower)])
                 yield backend, batch, tower, flags, run
@@ -250,6 +261,8 @@ def step_performance(config):
 
     throughput, latency, per_device = {}, {}, {}
     for backend, batch, tower, flags, run in _runs(config):
+        if backend == FP16_ESTIMATE:
+            continue  # its casts make it slower than fp32 on a CPU: an accuracy estimate only
         config.log("python", "openclip_infer.py", *flags, "--loop", config.perf_loops, "--batchsize", batch)
         summary = run(output=str(config.output_dir / "perf" / backend), output_dirname=f"{tower}_bs{batch}",
                       batchsize=batch, loop=config.perf_loops)

@@ -64,7 +64,12 @@ def write_report(run_dir):
         headers, rows = comparison_table(accuracy)
         if rows:
             sections += ["### Against PyTorch", "", markdown_table(headers, rows), "",
-                         "Cosine and max abs diff compare each output with PyTorch's for the same input.", ""]
+                         "Cosine and max abs diff compare each output with PyTorch's for the same input."]
+            if any(r["backend"] == "fp16-estimate" for r in accuracy):
+                sections += ["`fp16-estimate` is an estimate, not a measurement: the ONNX graph with its weights and "
+                             "every intermediate result rounded to fp16, run on the CPU — what an fp16 OM's accuracy "
+                             "is likely to be before an NPU is at hand."]
+            sections += [""]
     if (run_dir / "performance.json").is_file():
         performance = read_json(run_dir / "performance.json")
         sections += ["## Throughput (pure inference, as ais_bench measures it)", "",

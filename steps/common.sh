@@ -9,6 +9,7 @@
 #   REFERENCE    0 to skip the PyTorch reference  (default 1)
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
 #   INT8         1 adds the int8 ONNX Runtime fallback (default 0)
+#   FP16_ESTIMATE 1 adds a CPU estimate of an fp16 OM's accuracy (default 0)
 #   GPU          1 adds ONNX Runtime on CUDA (needs onnxruntime-gpu; default 0)
 #   DYNAMIC_BATCH 1 compiles one dynamic-batch OM per tower, run at each batch size (default 0)
 #   DEVICES      NPU ids, e.g. 0,1: one process per device, throughput summed (default 0)

@@ -17,16 +17,18 @@ FAKES = ROOT / "tests" / "fakes"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True)
+    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True,
+                       fp16_estimate=True)
     return out, run_steps(config)
 
 
 def test_demo_recall_floor_and_backend_agreement(demo):
     _, results = demo
     by_backend = {(r["backend"], r["batch_size"]): r["metrics"] for r in results["accuracy"]}
-    assert set(by_backend) == {(b, n) for b in ("torch", "onnxruntime", "onnxruntime-int8") for n in (1, 4)}
+    assert set(by_backend) == {(b, n) for b in ("torch", "onnxruntime", "onnxruntime-int8", "fp16-estimate")
+                               for n in (1, 4)}
     for (backend, batch), metrics in by_backend.items():
-        if backend == "onnxruntime-int8":  # its cost, bounded: recall@5 within 0.01 of fp32
+        if backend in ("onnxruntime-int8", "fp16-estimate"):  # their cost, bounded: recall@5 within 0.01 of fp32
             for key in ("image_retrieval_recall@5", "text_retrieval_recall@5"):
                 assert abs(metrics[key] - by_backend[("onnxruntime", batch)][key]) <= 0.01 + 1e-9, (batch, key)
             continue
@@ -120,3 +122,12 @@ def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path):
     assert performance["throughput"]["ascend"]["4"]["vision"] == pytest.approx(sum(devices.values()))
     report = (out / "report.md").read_text()
     assert "### Per device" in report and "--dymBatch 4 --device 0,1" in report
+
+
+def test_fp16_estimate_rounds_but_stays_close(demo):
+    out, results = demo
+    estimate = next(r for r in results["accuracy"] if r["backend"] == "fp16-estimate" and r["batch_size"] == 4)
+    vision = estimate["agreement"]["vision"]
+    assert 1e-6 < vision["max_abs_diff"] < 1e-2 and vision["min_cosine"] > 0.999  # rounded, yet close
+    assert "fp16-estimate" not in results["performance"]["throughput"]
+    assert "`fp16-estimate` is an estimate, not a measurement" in (out / "report.md").read_text()
