@@ -73,6 +73,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error(tiny_onnx):
         OnnxRuntimeSession(onnx_path(tiny_onnx, "text"), device="cuda")
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")
 def test_silent_cpu_fallback_is_caught(tiny_onnx, monkeypatch):
     import onnxruntime
 
