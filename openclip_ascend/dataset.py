@@ -28,7 +28,7 @@ class Manifest:
     captions: list  # Caption, in file order
     model_name: str = ""
     preprocess: dict = field(default_factory=dict)
-    context_length: int = 77
+    context_length: int = None  # set by preprocessing from the model's tokenizer
     skipped: list = field(default_factory=list)  # [{"item", "reason"}] left out under --on-error skip
     unreferenced_images: int = 0  # images in the data folder that no caption names (ignored)
 
@@ -62,7 +62,7 @@ class Manifest:
             captions=[Caption(**entry) for entry in data["captions"]],
             model_name=data.get("model_name", ""),
             preprocess=data.get("preprocess", {}),
-            context_length=data.get("context_length", 77),
+            context_length=data.get("context_length"),
             skipped=data.get("skipped", []),
             unreferenced_images=data.get("unreferenced_images", 0),
         )

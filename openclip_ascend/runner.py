@@ -197,7 +197,6 @@ def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", b
     return summary
 
 
-
 def split_among_devices(files, devices):
     """Contiguous shares of the input files, one per device, as ais_bench splits them."""
     share, extra = divmod(len(files), len(devices))
