@@ -156,11 +156,6 @@ class AscendSession:
         last = summary.exec_time_list[-1]
         return float(last[1] - last[0]) if isinstance(last, (tuple, list)) else float(last)
 
-    def close(self):
-        for method in ("free_resource", "finalize"):
-            if hasattr(self.session, method):
-                getattr(self.session, method)()
-
 
 def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
                  dym_batch=None):

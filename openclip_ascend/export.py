@@ -196,6 +196,14 @@ def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, 
     return report
 
 
+def _exported(prefix, tower):
+    """The exported fp32 ONNX a derived variant (int8, fp16 estimate) is made from."""
+    source = onnx_path(prefix, tower)
+    if not source.is_file():
+        raise KitError(f"{source}: ONNX model not found; export it first (step 2)")
+    return source
+
+
 def int8_path(prefix, tower):
     return Path(f"{prefix}_{tower}_int8.onnx")
 
@@ -205,9 +213,7 @@ def quantize_int8(prefix, tower):
     accuracy cost the accuracy report shows next to fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    source, target = onnx_path(prefix, tower), int8_path(prefix, tower)
-    if not source.is_file():
-        raise KitError(f"{source}: ONNX model not found; export it first (step 2)")
+    source, target = _exported(prefix, tower), int8_path(prefix, tower)
     from .models import quiet_root_logger
 
     with atomic_path(target) as tmp, warnings.catch_warnings(), quiet_root_logger():
@@ -230,7 +236,7 @@ def simulate_fp16(prefix, tower):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    source, target = onnx_path(prefix, tower), fp16_estimate_path(prefix, tower)
+    source, target = _exported(prefix, tower), fp16_estimate_path(prefix, tower)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
     graph = model.graph
     for init in graph.initializer:

@@ -81,6 +81,15 @@ def is_valid_array(path, shape, dtype):
     return array.shape == tuple(shape) and array.dtype == np.dtype(dtype)
 
 
+def holds(path, expected):
+    """An existing output that already holds exactly ``expected`` (values, shape and dtype)."""
+    try:
+        array = np.load(path)
+    except (OSError, ValueError):
+        return False
+    return array.dtype == expected.dtype and np.array_equal(array, expected)
+
+
 def remove_stale_temporaries(folder):
     """Temporary files an interrupted run left (``.{name}.*.tmp``): never outputs, always safe to drop."""
     for path in Path(folder).glob(".*.tmp"):
@@ -121,8 +130,7 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     tokens = tokenizer([caption.text for caption in manifest.captions])
     for caption, row in zip(tqdm(manifest.captions, desc="texts", unit="caption"), tokens):
         target = save_dir / "texts" / f"{caption.stem}.npy"
-        if force or not is_valid_array(target, (1, tokenizer.context_length), np.int64) or \
-                not np.array_equal(np.load(target)[0], row):
+        if force or not holds(target, row[None]):
             save_npy(target, np.ascontiguousarray(row[None]))
     manifest.model_name = model_name
     manifest.preprocess = config.to_dict()

@@ -89,7 +89,8 @@ def _fmt(value):
 
 
 def plot_throughput(throughput, path):
-    """PNG of fps against batch size: one panel per tower, one line per backend."""
+    """PNG of fps against batch size (``{backend: {batch: {tower: fps}}}``, integer batches): one panel
+    per tower, one line per backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,11 +100,10 @@ def plot_throughput(throughput, path):
     figure, axes = plt.subplots(1, len(towers), figsize=(10, 4), constrained_layout=True)
     for axis, tower in zip(axes, towers):
         for backend, by_batch in throughput.items():
-            batches = sorted(int(b) for b in by_batch)
-            axis.plot(batches, [by_batch[b if b in by_batch else str(b)][tower] for b in batches], marker="o",
-                      label=backend)
+            batches = sorted(by_batch)
+            axis.plot(batches, [by_batch[b][tower] for b in batches], marker="o", label=backend)
         axis.set_xscale("log", base=2)
-        ticks = sorted({int(b) for by_batch in throughput.values() for b in by_batch})
+        ticks = sorted({b for by_batch in throughput.values() for b in by_batch})
         axis.set_xticks(ticks, [str(t) for t in ticks])
         axis.set_xlabel("batch size")
         axis.set_ylabel("samples / s")

@@ -139,14 +139,23 @@ def run_pure(session, batch_size=1, loop=1, warmup_count=1):
     return times, batch
 
 
+def latency_percentiles(times_ms):
+    return {f"p{q}": float(np.percentile(times_ms, q)) if len(times_ms) else 0.0 for q in (50, 90, 99)}
+
+
+def end_to_end(seconds, samples):
+    """Wall time over real samples: reading inputs, padding, warm-up, inference and writing outputs."""
+    return {"seconds": seconds, "samples": samples, "fps": samples / seconds if seconds else 0.0}
+
+
 def summarise(times_ms, batch, args, filesinfo=None, backend=""):
     """ais_bench's summary dict: compute-time stats, throughput = 1000 × batch / mean ms, plus the
     latency percentiles the perf report shows."""
     compute = stats(times_ms)
     throughput = 1000.0 * batch / compute["mean"] if compute["mean"] else 0.0
-    latency = {f"p{q}": float(np.percentile(times_ms, q)) if len(times_ms) else 0.0 for q in (50, 90, 99)}
     return {"NPU_compute_time": compute, "H2D_latency": stats([]), "D2H_latency": stats([]),
-            "throughput": throughput, "latency_ms": latency, "batchsize": batch, "backend": backend,
+            "throughput": throughput, "latency_ms": latency_percentiles(times_ms), "batchsize": batch,
+            "backend": backend,
             "npu_compute_time_list": [float(t) for t in times_ms], "filesinfo": filesinfo or {},
             "args": args, "pid": os.getpid()}
 
@@ -168,29 +177,35 @@ def default_dirname():
     return time.strftime("%Y_%m_%d-%H_%M_%S")
 
 
-def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1, loop=1,
-          warmup_count=1, args=None):
-    """ais_bench end to end: returns the summary; writes outputs and the summary JSON under ``output``."""
+def _output_args(outfmt, output, output_dirname):
+    """ais_bench's rules for --outfmt / --output / --output_dirname → (format, dirname)."""
     outfmt = outfmt.upper()
     if outfmt not in OUTPUT_FORMATS:
         raise KitError(f"--outfmt {outfmt!r}: choose NPY, BIN or TXT")
     if output_dirname and not output:
         raise KitError("--output_dirname needs --output, as in ais_bench")
-    args = dict(args or {})
-    dirname = output_dirname or default_dirname()
-    start = time.perf_counter()
-    if input:
-        files = list_input_files(input)
-        out_dir = Path(output) / dirname if output else None
-        times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
-        samples = len(files)
-    else:
+    return outfmt, output_dirname or default_dirname()
+
+
+def _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count):
+    """Files when given, else pure inference → (times, filesinfo, model batch, real samples)."""
+    if files is None:
         times, batch = run_pure(session, batchsize, loop, warmup_count)
-        filesinfo, samples = None, batch * loop
-    wall = time.perf_counter() - start
-    summary = summarise(times, batch, args, filesinfo, backend=session.name)
-    # end to end: reading inputs, padding, warm-up, inference and writing outputs, per real sample
-    summary["e2e"] = {"seconds": wall, "samples": samples, "fps": samples / wall if wall else 0.0}
+        return times, None, batch, batch * loop
+    times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    return times, filesinfo, batch, len(files)
+
+
+def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1, loop=1,
+          warmup_count=1, args=None):
+    """ais_bench end to end: returns the summary; writes outputs and the summary JSON under ``output``."""
+    outfmt, dirname = _output_args(outfmt, output, output_dirname)
+    start = time.perf_counter()
+    files = list_input_files(input) if input else None
+    out_dir = Path(output) / dirname if output and files else None
+    times, filesinfo, batch, samples = _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    summary = summarise(times, batch, dict(args or {}), filesinfo, backend=session.name)
+    summary["e2e"] = end_to_end(time.perf_counter() - start, samples)
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
     print("\n".join(summary_lines(summary)))
@@ -214,19 +229,14 @@ def _run_on_device(job):
 
     session_args, device, files, out_dir, batchsize, outfmt, loop, warmup_count = job
     session = open_session(device=device, **session_args)
-    if files is None:
-        times, batch = run_pure(session, batchsize, loop, warmup_count)
-        return device, times, None, batch
-    times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
-    return device, times, filesinfo, batch
+    return (device,) + _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
 
 
 def infer_devices(session_args, devices, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1,
                   loop=1, warmup_count=1, args=None):
     """ais_bench ``--device 0,1,…``: one process per device over its share of the inputs, outputs in
     ``output/dirname/device{N}/``, per-device summaries and their summed throughput."""
-    outfmt = outfmt.upper()
-    dirname = output_dirname or default_dirname()
+    outfmt, dirname = _output_args(outfmt, output, output_dirname)
     files = list_input_files(input) if input else None
     shares = split_among_devices(files, devices) if files else [None] * len(devices)
     root = Path(output) / dirname if output else None
@@ -237,17 +247,15 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
         results = pool.map(_run_on_device, jobs)
     wall = time.perf_counter() - start
     per_device = {}
-    for device, times, filesinfo, batch in results:
+    for device, times, filesinfo, batch, _ in results:
         per_device[str(device)] = summarise(times, batch, dict(args or {}, device=device), filesinfo, "ascend")
         print(f"[INFO] device {device}:")
         print("\n".join(summary_lines(per_device[str(device)])))
     total = sum(summary["throughput"] for summary in per_device.values())
     print(f"[INFO] summary throughput:{total}")
-    all_times = [t for _, times, _, _ in results for t in times]
-    samples = len(files) if files else sum(batch * loop for _, _, _, batch in results)
     summary = {"throughput": total, "batchsize": results[0][3], "devices": per_device, "args": dict(args or {}),
-               "latency_ms": summarise(all_times, results[0][3], {})["latency_ms"],
-               "e2e": {"seconds": wall, "samples": samples, "fps": samples / wall if wall else 0.0}}
+               "latency_ms": latency_percentiles([t for _, times, _, _, _ in results for t in times]),
+               "e2e": end_to_end(wall, sum(samples for *_, samples in results))}
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
     return summary
