@@ -38,27 +38,99 @@ def onnx_path(prefix, tower):
     return Path(f"{prefix}_{tower}.onnx")
 
 
-def tower_module(model, tower):
-    """A module whose forward is one tower's normalised embedding (one input, one output)."""
+def tower_module(model, tower, pooled_last_block=False):
+    """A module whose forward is one tower's normalised embedding (one input, one output).
+
+    ``pooled_last_block`` runs the last transformer block for the pooled token only (see
+    ``_pooled_vision`` and ``_pooled_text``) where the architecture allows it; open_clip's own
+    encode_image/encode_text otherwise, and always for the PyTorch reference.
+    """
     class VisionTower(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.pooled = pooled_last_block and _pools_class_token(model.visual)
 
         def forward(self, image):
+            if self.pooled:
+                return F.normalize(_pooled_vision(self.model.visual, image), dim=-1)
             return self.model.encode_image(image, normalize=True)
 
     class TextTower(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.pooled = pooled_last_block and _pools_eot_token(model)
 
         def forward(self, text):
             # int32 tokens make the graph's ArgMax (EOT pooling) int32, which every ONNX Runtime
             # and converter supports; ids < 49408 so the result is unchanged.
-            return self.model.encode_text(text.to(torch.int32), normalize=True)
+            text = text.to(torch.int32)
+            if self.pooled:
+                return F.normalize(_pooled_text(self.model, text), dim=-1)
+            return self.model.encode_text(text, normalize=True)
 
     return (VisionTower if tower == "vision" else TextTower)().eval()
+
+
+def _plain_block(block):
+    """Whether ``block`` is open_clip's standard pre-norm self-attention block over batch-first input."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and _plain_self_attention(block.attn))
+
+
+def _pools_class_token(visual):
+    from open_clip.transformer import VisionTransformer
+
+    # getattr: open_clip releases before 3.x lack some of these (and run the sequence-first layout)
+    return (isinstance(visual, VisionTransformer) and getattr(visual, "attn_pool", None) is None
+            and getattr(visual, "pool_type", None) == "tok" and not getattr(visual, "output_tokens", False)
+            and getattr(visual.transformer, "batch_first", False) and hasattr(visual, "_embeds")
+            and hasattr(visual, "_pool") and _plain_block(visual.transformer.resblocks[-1]))
+
+
+def _pools_eot_token(model):
+    """open_clip's built-in CLIP text tower with argmax (EOT) pooling."""
+    return (hasattr(model, "token_embedding") and getattr(model, "text_pool_type", None) == "argmax"
+            and getattr(model.transformer, "batch_first", False) and _plain_block(model.transformer.resblocks[-1]))
+
+
+def _pooled_last_block(block, x, select, mask=None):
+    """``block(x)`` for the rows ``select`` picks ([B, L, D] → [B, 1, D]): every row's keys and values,
+    one query. Only the pooled token reaches the embedding, so the last block's other rows (its
+    out-projection and MLP for L−1 of L tokens: ≈ 7 % of a ViT-B-32 tower) were computed for nothing."""
+    normed = block.ln_1(x)
+    mask = mask.to(x.dtype) if mask is not None else None
+    rows = select(x) + block.ls_1(_attend(block.attn, select(normed), normed, mask))
+    return rows + block.ls_2(block.mlp(block.ln_2(rows)))
+
+
+def _pooled_vision(visual, image):
+    """open_clip's VisionTransformer.forward with the class token alone through the last block."""
+    x = visual._embeds(image)
+    blocks = visual.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x)
+    pooled, _ = visual._pool(_pooled_last_block(blocks[-1], x, lambda rows: rows[:, :1]))
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def _pooled_text(model, text):
+    """open_clip's CLIP.encode_text with the EOT token alone through the last block."""
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
+    blocks = model.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x, attn_mask=model.attn_mask)
+    eot = text.argmax(dim=-1)
+    batch = torch.arange(x.shape[0])
+    mask = model.attn_mask[eot].reshape(-1, 1, 1, int(x.shape[1])) if model.attn_mask is not None else None
+    x = model.ln_final(_pooled_last_block(blocks[-1], x, lambda rows: rows[batch, eot].unsqueeze(1), mask))[:, 0]
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def input_geometry(model):
@@ -83,40 +155,46 @@ def example_inputs(model, tower, batch, seed=0):
     return tokens
 
 
-def _plain_attention_forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                             average_attn_weights=True, is_causal=False):
-    """nn.MultiheadAttention (batch_first self-attention) as separate q/k/v projections and 4-D
-    MatMul/Softmax: no 5-D transposes for atc, fewer copies for ONNX Runtime (measured ≈ 5 % faster
-    on ViT-B-32), the same result within float rounding (the export parity check guards it)."""
-    # sequence length and width are fixed by the model: as Python ints (and -1 for the batch) they
+def _attend(attention, query, context, attn_mask=None):
+    """nn.MultiheadAttention (batch-first, packed in-projection) of ``query`` [B, Lq, D] over
+    ``context`` [B, L, D], as separate q/k/v projections and 4-D MatMul/Softmax: no 5-D transposes
+    for atc, fewer copies for ONNX Runtime (≈ 5 % faster on ViT-B-32), the same result within float
+    rounding (the export parity check guards it). ``attn_mask`` broadcasts against [B, heads, Lq, L]."""
+    # sequence lengths and width are fixed by the model: as Python ints (and -1 for the batch) they
     # become constant Reshape targets instead of Shape/Gather/Concat chains in the graph
-    length, width = int(query.shape[1]), int(query.shape[2])
-    heads = self.num_heads
+    queries, length, width = int(query.shape[1]), int(context.shape[1]), int(context.shape[2])
+    heads = attention.num_heads
     head_width = width // heads
-    w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-    q = F.linear(query, w_q, b_q).reshape(-1, length, heads, head_width).transpose(1, 2)
-    k = F.linear(query, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
-    v = F.linear(query, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
+    q = F.linear(query, w_q, b_q).reshape(-1, queries, heads, head_width).transpose(1, 2)
+    k = F.linear(context, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
+    v = F.linear(context, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
     scores = (q @ k) * (head_width ** -0.5)
     if attn_mask is not None:
         scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, length, width)
-    return self.out_proj(out), None
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, queries, width)
+    return attention.out_proj(out)
+
+
+def _plain_self_attention(module):
+    return (isinstance(module, torch.nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
+            and module.bias_k is None and not module.add_zero_attn and module.dropout == 0.0)
 
 
 @contextlib.contextmanager
 def plain_attention(model):
-    """Swap the forward of every batch-first self-attention for ``_plain_attention_forward`` while exporting."""
+    """Route every batch-first self-attention with no mask or a 2-D one through ``_attend`` while exporting."""
     patched = []
     for module in model.modules():
-        if (isinstance(module, torch.nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
-                and module.bias_k is None and not module.add_zero_attn and module.dropout == 0.0):
+        if _plain_self_attention(module):
             original = module.forward
 
             def forward(query, key, value, *args, _module=module, _original=original, **kwargs):
-                if query is key is value and not args and kwargs.get("key_padding_mask") is None:
-                    return _plain_attention_forward(_module, query, key, value, **kwargs)
+                mask = kwargs.get("attn_mask")
+                if (query is key is value and not args and kwargs.get("key_padding_mask") is None
+                        and (mask is None or mask.dim() == 2)):
+                    return _attend(_module, query, query, mask), None
                 return _original(query, key, value, *args, **kwargs)
 
             module.forward = forward
@@ -128,18 +206,19 @@ def plain_attention(model):
             module.forward = original
 
 
-def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite_attention=True):
+def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output.
 
-    ``rewrite_attention=False`` keeps torch's own MultiheadAttention export (for side-by-side benchmarks).
+    ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
+    MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
     """
     spec = TOWERS[tower]
-    module = tower_module(model, tower)
+    module = tower_module(model, tower, pooled_last_block=rewrite)
     example = torch.from_numpy(example_inputs(model, tower, batch=2))
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
-    rewrite = plain_attention(model) if rewrite_attention else contextlib.nullcontext()
-    with atomic_path(path) as tmp, warnings.catch_warnings(), rewrite:
+    attention = plain_attention(model) if rewrite else contextlib.nullcontext()
+    with atomic_path(path) as tmp, warnings.catch_warnings(), attention:
         # the exporter's and tracer's notes on open_clip internals are not actionable for a user
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -108,3 +108,46 @@ def test_torch2onnx_cli(tmp_path):
     assert "vision batch 3: max abs diff" in result.stdout and "text batch 1: max abs diff" in result.stdout
     assert (tmp_path / "m_vision.onnx").is_file() and (tmp_path / "m_text.onnx").is_file()
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def _flops(module, inputs):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.from_numpy(inputs))
+    return counter.get_total_flops()
+
+
+def test_last_block_runs_for_the_pooled_token_only(vit_b_32):
+    import torch
+
+    from openclip_ascend.export import plain_attention, tower_module
+
+    model = vit_b_32[0]
+    for tower in ("vision", "text"):
+        stock, pooled = tower_module(model, tower), tower_module(model, tower, pooled_last_block=True)
+        assert pooled.pooled and not stock.pooled
+        inputs = example_inputs(model, tower, 4, seed=21)  # text rows end at different EOT positions
+        with torch.inference_mode(), plain_attention(model):
+            expected = stock(torch.from_numpy(inputs)).numpy()
+            assert np.abs(pooled(torch.from_numpy(inputs)).numpy() - expected).max() <= 1e-5
+            # ViT-B-32: the last of 12 blocks for 1 of 50 (77) tokens saves 5 % (6.7 %) of the FLOP
+            assert _flops(pooled, inputs) < 0.96 * _flops(stock, inputs)
+
+
+def test_pooling_that_reads_every_token_keeps_the_whole_last_block(tmp_path):
+    import open_clip
+
+    from openclip_ascend.export import tower_module
+    from openclip_ascend.models import TINY_MODEL
+
+    cfg = open_clip.get_model_config(TINY_MODEL)
+    model = load_model(TINY_MODEL, vision_cfg={**cfg["vision_cfg"], "pool_type": "avg"},
+                       text_cfg={**cfg["text_cfg"], "pool_type": "last"})
+    assert not tower_module(model, "vision", pooled_last_block=True).pooled
+    assert not tower_module(model, "text", pooled_last_block=True).pooled
+    report = export_model(model, tmp_path / "avg")
+    for tower in ("vision", "text"):
+        assert max(stats["max_abs_diff"] for stats in report[tower]["parity"].values()) <= 1e-4
