@@ -103,6 +103,19 @@ def load_model(model_name, pretrained=None, **overrides):
     return model.eval()
 
 
+def model_skeleton(model_name):
+    """``model_name``'s modules without weights, built on torch's meta device: its configuration
+    (preprocessing, geometry) in well under a second and no memory, where building ViT-H-14 on the
+    CPU takes 10 s and 4 GB. torch < 2.0 has no meta-device context and builds on the CPU."""
+    import torch
+
+    open_clip = check_model_name(model_name)
+    meta = torch.device("meta")
+    on_meta = hasattr(meta, "__enter__")
+    with quiet_root_logger(), (meta if on_meta else contextlib.nullcontext()):
+        return open_clip.create_model(model_name, pretrained=None, device="meta" if on_meta else "cpu")
+
+
 def preprocess_config(model, model_name=None, pretrained=None):
     """The model's eval preprocessing, with a pretrained tag's own mean/std/interpolation on top."""
     from .transforms import PreprocessConfig

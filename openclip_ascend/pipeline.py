@@ -227,26 +227,34 @@ def step_infer(config):
 
 
 def step_accuracy(config):
-    from .postprocess import embedding_agreement, evaluate_folders
+    import functools
+
+    from .postprocess import embedding_agreement, evaluate_folders, read_embedding_dir
     from .reports import comparison_table, metrics_line, recall_table, save_table
 
+    # batch by batch, so the PyTorch reference folders are read once per batch size and every
+    # folder once per step (six folders cached: ~12 MB each on flickr30k with ViT-B-32)
+    read = functools.lru_cache(maxsize=6)(read_embedding_dir)
+    backends = backends_of(config)
     accuracy = []
-    for backend in backends_of(config):
-        for batch in config.batch_sizes:
+    for batch in config.batch_sizes:
+        for backend in backends:
             out = config.infer_dir(backend, batch)
             if not (out / "vision").is_dir():
                 raise KitError(f"{out / 'vision'}: no embeddings; run step 4 (infer) first")
             config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
                        out / "text", "--manifest", config.prep / "manifest.json")
-            metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json")
+            metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json", read=read)
             skipped = counts["skipped_in_preprocessing"]
             note = f" (over {counts['images']} images; {skipped} items skipped in preprocessing)" if skipped else ""
             print(f"{backend} bs{batch}: {metrics_line(metrics)}{note}")
             entry = {"backend": backend, "batch_size": batch, "metrics": metrics, **counts}
             reference = config.infer_dir("torch", batch)
             if backend != "torch" and (reference / "vision").is_dir():
-                entry["agreement"] = {tower: embedding_agreement(reference / tower, out / tower) for tower in TOWER_INPUTS}
+                entry["agreement"] = {tower: embedding_agreement(reference / tower, out / tower, read=read)
+                                      for tower in TOWER_INPUTS}
             accuracy.append(entry)
+    accuracy.sort(key=lambda entry: backends.index(entry["backend"]))  # stable: batch sizes stay in order
     write_json(config.output_dir / "accuracy.json", accuracy)
     print(save_table(config.output_dir / "recall", *recall_table(accuracy),
                      title="Recall (CLIP_benchmark definition)"))

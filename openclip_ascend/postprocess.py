@@ -67,10 +67,11 @@ def _gather(embeddings, stems, kind, folder):
     return np.stack([embeddings[stem] for stem in stems])
 
 
-def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL_K):
-    """recall@k of two ais_bench output folders; returns (metrics, counts)."""
-    image_embeds = read_embedding_dir(vision_dir)
-    text_embeds = read_embedding_dir(text_dir)
+def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL_K, read=read_embedding_dir):
+    """recall@k of two ais_bench output folders; returns (metrics, counts). ``read`` may be a cached
+    ``read_embedding_dir`` when the same folders are also compared with ``embedding_agreement``."""
+    image_embeds = read(vision_dir)
+    text_embeds = read(text_dir)
     manifest = Manifest.load(manifest_path) if manifest_path else manifest_from_names(image_embeds, text_embeds)
     images = _gather(image_embeds, manifest.image_stems, "image", vision_dir)
     texts = _gather(text_embeds, [caption.stem for caption in manifest.captions], "text", text_dir)
@@ -83,9 +84,9 @@ def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL
                      "extra_outputs_ignored": extra}
 
 
-def embedding_agreement(reference_dir, candidate_dir):
+def embedding_agreement(reference_dir, candidate_dir, read=read_embedding_dir):
     """How close one backend's embeddings are to the reference's, output file by output file."""
-    reference, candidate = read_embedding_dir(reference_dir), read_embedding_dir(candidate_dir)
+    reference, candidate = read(reference_dir), read(candidate_dir)
     stems = sorted(reference, key=natural_key)
     missing = [stem for stem in stems if stem not in candidate]
     if missing:

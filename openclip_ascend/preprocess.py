@@ -98,7 +98,7 @@ def remove_stale_temporaries(folder):
 
 def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False):
     """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest."""
-    from .models import load_model, preprocess_config
+    from .models import model_skeleton, preprocess_config
 
     data_dir, save_dir = Path(data_dir), Path(save_dir)
     problems = Problems(on_error)
@@ -110,7 +110,7 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     for name in missing:
         problems.report(data_dir / name, f"named in {ANNOTATION_FILE} but not found",
                         "put the image beside the annotation file")
-    config = preprocess_config(load_model(model_name), model_name, pretrained)
+    config = preprocess_config(model_skeleton(model_name), model_name, pretrained)
     tokenizer = Tokenizer(model_name)
     height, width = config.size
     for folder in ("images", "texts"):

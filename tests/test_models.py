@@ -40,6 +40,16 @@ def test_other_architectures_export_with_their_own_shapes(model_name, image_size
     assert preprocess_config(model).size == (image_size, image_size)
 
 
+@pytest.mark.parametrize("model_name", ["ViT-B-32", "ViT-L-14-336", "convnext_base_w"])
+def test_preprocessing_reads_its_config_without_building_weights(model_name):
+    from openclip_ascend.models import model_skeleton
+
+    skeleton = model_skeleton(model_name)
+    assert all(parameter.is_meta for parameter in skeleton.parameters())  # no weight memory at all
+    expected = preprocess_config(shallow(model_name, layers=1) if model_name.startswith("ViT") else load_model(model_name))
+    assert preprocess_config(skeleton) == expected
+
+
 def test_hugging_face_tokenizer_models_fail_early():
     with pytest.raises(KitError, match="Hugging Face tokenizer 'timm/ViT-B-16-SigLIP'"):
         Tokenizer("ViT-B-16-SigLIP")

@@ -131,3 +131,19 @@ def test_fp16_estimate_rounds_but_stays_close(demo):
     assert 1e-6 < vision["max_abs_diff"] < 1e-2 and vision["min_cosine"] > 0.999  # rounded, yet close
     assert "fp16-estimate" not in results["performance"]["throughput"]
     assert "`fp16-estimate` is an estimate, not a measurement" in (out / "report.md").read_text()
+
+
+def test_accuracy_step_reads_each_embedding_folder_once(demo, monkeypatch):
+    import openclip_ascend.postprocess as postprocess
+    from openclip_ascend.pipeline import step_accuracy
+
+    out, results = demo
+    reads = []
+    original = postprocess.read_embedding_dir
+    monkeypatch.setattr(postprocess, "read_embedding_dir", lambda folder: reads.append(str(folder)) or original(folder))
+    config = RunConfig(out, batch_sizes=(1, 4), backend="onnxruntime", int8=True, fp16_estimate=True)
+    again = step_accuracy(config)
+    assert len(reads) == len(set(reads)) == 4 * 2 * 2  # backends × batch sizes × towers
+    assert [(e["backend"], e["batch_size"]) for e in again] == [(e["backend"], e["batch_size"])
+                                                               for e in results["accuracy"]]
+    assert again == results["accuracy"]
