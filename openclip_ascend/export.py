@@ -5,6 +5,8 @@ Each graph has one input and one L2-normalised output with a dynamic batch axis:
 """
 
 import contextlib
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .files import KitError, atomic_path
+from .files import KitError
 from .metrics import compare_embeddings
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
 PARITY_TOLERANCE = 1e-4
+# protobuf cannot serialise a message of 2 GiB; graphs with more weight bytes (ViT-H-14's vision tower,
+# ViT-bigG) keep them in "{name}.onnx.data" beside the graph, as ONNX external data
+EXTERNAL_DATA_BYTES = 1_900_000_000
 
 
 @dataclass(frozen=True)
@@ -212,35 +217,70 @@ def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True):
     ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
     MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
     """
+    import onnx
+
     spec = TOWERS[tower]
+    path = Path(path)
     module = tower_module(model, tower, pooled_last_block=rewrite)
     example = torch.from_numpy(example_inputs(model, tower, batch=2))
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
     attention = plain_attention(model) if rewrite else contextlib.nullcontext()
-    with atomic_path(path) as tmp, warnings.catch_warnings(), attention:
+    with _staging_dir(path) as work, warnings.catch_warnings(), attention:
         # the exporter's and tracer's notes on open_clip internals are not actionable for a user
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        raw = work / "graph.onnx"  # beside it, one file per weight if the graph exceeds 2 GB
         torch.onnx.export(
-            module, (example,), str(tmp), dynamo=False, opset_version=opset,
+            module, (example,), str(raw), dynamo=False, opset_version=opset,
             input_names=[spec.input_name], output_names=[spec.output_name],
             dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
             do_constant_folding=True,
         )
-        _fix_output_width(tmp, module(example).shape[-1])
-    return Path(path)
+        graph_model = onnx.load(str(raw))
+        _fix_output_width(graph_model, module(example).shape[-1])
+        save_onnx(graph_model, path)
+    return path
 
 
-def _fix_output_width(path, width):
+def _fix_output_width(graph_model, width):
     """Write the embedding width into the output shape ([batch, D]); the tracer leaves it symbolic."""
-    import onnx
-
-    graph_model = onnx.load(str(path))
     dim = graph_model.graph.output[0].type.tensor_type.shape.dim[1]
     dim.Clear()
     dim.dim_value = int(width)
-    onnx.save(graph_model, str(path))
+
+
+@contextlib.contextmanager
+def _staging_dir(path):
+    """A temporary directory beside ``path`` (same file system, so a rename finishes the write)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(path).name}.", dir=Path(path).parent) as work:
+        yield Path(work)
+
+
+def external_data_path(path):
+    return Path(f"{path}.data")
+
+
+def save_onnx(graph_model, path):
+    """Write ``graph_model`` to ``path`` by rename; above ``EXTERNAL_DATA_BYTES`` of weights they go
+    to ``{path}.data`` (one file, renamed into place first), which ONNX Runtime and atc read from
+    beside the graph. A ``.data`` file left by an earlier, larger export of the same name is removed."""
+    import onnx
+
+    path = Path(path)
+    data = external_data_path(path)
+    large = sum(tensor.ByteSize() for tensor in graph_model.graph.initializer) > EXTERNAL_DATA_BYTES
+    with _staging_dir(path) as work:
+        staged = work / path.name
+        onnx.save(graph_model, str(staged), save_as_external_data=large, all_tensors_to_one_file=True,
+                  location=data.name)
+        if large:
+            os.replace(work / data.name, data)
+        os.replace(staged, path)
+    if not large:
+        data.unlink(missing_ok=True)
+    return path
 
 
 def torch_embeddings(model, tower, inputs):
@@ -290,14 +330,18 @@ def int8_path(prefix, tower):
 def quantize_int8(prefix, tower):
     """ONNX Runtime dynamic quantization (int8 weights, QInt8): the faster CPU fallback, whose
     accuracy cost the accuracy report shows next to fp32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    source, target = _exported(prefix, tower), int8_path(prefix, tower)
     from .models import quiet_root_logger
 
-    with atomic_path(target) as tmp, warnings.catch_warnings(), quiet_root_logger():
+    source, target = _exported(prefix, tower), int8_path(prefix, tower)
+    with _staging_dir(target) as work, warnings.catch_warnings(), quiet_root_logger():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+        staged = work / "int8.onnx"
+        quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8,
+                         use_external_data_format=external_data_path(source).is_file())
+        save_onnx(onnx.load(str(staged)), target)
     return target
 
 
@@ -316,13 +360,15 @@ def simulate_fp16(prefix, tower):
     from onnx import TensorProto, helper, numpy_helper
 
     source, target = _exported(prefix, tower), fp16_estimate_path(prefix, tower)
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
+    # value types from the graph alone: shape inference refuses a model holding > 2 GB of weights
+    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False)).graph
+    model = onnx.load(str(source))
     graph = model.graph
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT:
             init.CopyFrom(numpy_helper.from_array(
                 numpy_helper.to_array(init).astype(np.float16).astype(np.float32), init.name))
-    float_values = {v.name for v in list(graph.value_info) + list(graph.output)
+    float_values = {v.name for v in list(shapes.value_info) + list(shapes.output)
                     if v.type.tensor_type.elem_type == TensorProto.FLOAT}
     nodes = []
     for node in graph.node:
@@ -340,6 +386,4 @@ def simulate_fp16(prefix, tower):
                                           name=f"{node.name}/from_fp16_{index}"))
     del graph.node[:]
     graph.node.extend(nodes)
-    with atomic_path(target) as tmp:
-        onnx.save(model, str(tmp))
-    return target
+    return save_onnx(model, target)

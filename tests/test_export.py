@@ -151,3 +151,25 @@ def test_pooling_that_reads_every_token_keeps_the_whole_last_block(tmp_path):
     report = export_model(model, tmp_path / "avg")
     for tower in ("vision", "text"):
         assert max(stats["max_abs_diff"] for stats in report[tower]["parity"].values()) <= 1e-4
+
+
+def test_graphs_over_the_protobuf_limit_keep_their_weights_beside_them(tiny_model, tmp_path, monkeypatch):
+    """ViT-H-14's vision tower and ViT-bigG exceed protobuf's 2 GB: shown here with the limit lowered."""
+    import openclip_ascend.export as export
+
+    prefix = tmp_path / "big"
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    report = export_model(tiny_model, prefix)
+    for tower in ("vision", "text"):
+        graph, data = onnx_path(prefix, tower), export.external_data_path(onnx_path(prefix, tower))
+        assert data.stat().st_size > 10 * graph.stat().st_size  # the weights live in the .data file
+        assert max(stats["max_abs_diff"] for stats in report[tower]["parity"].values()) <= 1e-4
+        for derived in (export.quantize_int8(prefix, tower), export.simulate_fp16(prefix, tower)):
+            assert export.external_data_path(derived).is_file()
+            assert OnnxRuntimeSession(derived).run(example_inputs(tiny_model, tower, 2)).shape == (2, 64)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1_900_000_000)
+    export.export_tower(tiny_model, "text", onnx_path(prefix, "text"))
+    assert not export.external_data_path(onnx_path(prefix, "text")).exists()  # stale weights removed
+    assert OnnxRuntimeSession(onnx_path(prefix, "text")).run(example_inputs(tiny_model, "text", 1)).shape == (1, 64)
