@@ -6,7 +6,6 @@ Each graph has one input and one L2-normalised output with a dynamic batch axis:
 
 import contextlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .files import KitError
+from .files import KitError, staging_dir
 from .metrics import compare_embeddings
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
@@ -226,7 +225,7 @@ def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True):
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
     attention = plain_attention(model) if rewrite else contextlib.nullcontext()
-    with _staging_dir(path) as work, warnings.catch_warnings(), attention:
+    with staging_dir(path) as work, warnings.catch_warnings(), attention:
         # the exporter's and tracer's notes on open_clip internals are not actionable for a user
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -250,14 +249,6 @@ def _fix_output_width(graph_model, width):
     dim.dim_value = int(width)
 
 
-@contextlib.contextmanager
-def _staging_dir(path):
-    """A temporary directory beside ``path`` (same file system, so a rename finishes the write)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{Path(path).name}.", dir=Path(path).parent) as work:
-        yield Path(work)
-
-
 def external_data_path(path):
     return Path(f"{path}.data")
 
@@ -271,7 +262,7 @@ def save_onnx(graph_model, path):
     path = Path(path)
     data = external_data_path(path)
     large = sum(tensor.ByteSize() for tensor in graph_model.graph.initializer) > EXTERNAL_DATA_BYTES
-    with _staging_dir(path) as work:
+    with staging_dir(path) as work:
         staged = work / path.name
         onnx.save(graph_model, str(staged), save_as_external_data=large, all_tensors_to_one_file=True,
                   location=data.name)
@@ -336,7 +327,7 @@ def quantize_int8(prefix, tower):
     from .models import quiet_root_logger
 
     source, target = _exported(prefix, tower), int8_path(prefix, tower)
-    with _staging_dir(target) as work, warnings.catch_warnings(), quiet_root_logger():
+    with staging_dir(target) as work, warnings.catch_warnings(), quiet_root_logger():
         warnings.simplefilter("ignore")
         staged = work / "int8.onnx"
         quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8,

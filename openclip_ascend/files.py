@@ -33,6 +33,16 @@ def atomic_path(path):
         raise
 
 
+@contextlib.contextmanager
+def staging_dir(path):
+    """A temporary directory beside ``path``, removed afterwards: for outputs of several files (a graph
+    and its external weights) that are finished by renaming them into place on the same file system."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as work:
+        yield Path(work)
+
+
 def save_npy(path, array):
     """Write ``array`` as ``.npy`` atomically (np.save would append a suffix to a temp name)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .dataset import ANNOTATION_FILE, Problems, read_annotations
-from .files import KitError, save_npy
+from .files import save_npy
 from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
