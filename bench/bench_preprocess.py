@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openclip_ascend.cli import csv_ints  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
-from openclip_ascend.models import load_model, preprocess_config  # noqa: E402
+from openclip_ascend.models import model_skeleton, preprocess_config  # noqa: E402
 from openclip_ascend.preprocess import convert_images  # noqa: E402
 from openclip_ascend.reports import markdown_table  # noqa: E402
 from openclip_ascend.sample import random_scenes  # noqa: E402
@@ -58,7 +58,7 @@ def main():
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    model = load_model(args.model_name)
+    model = model_skeleton(args.model_name)  # the configuration is all it needs
     config = preprocess_config(model)
     transform = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)), is_train=False)
     work = Path(tempfile.mkdtemp(prefix="bench_pre_"))
