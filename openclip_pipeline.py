@@ -14,6 +14,7 @@ Every flag has an environment variable (in brackets) so steps/*.sh share one con
 
 import argparse
 import os
+import sys
 
 from openclip_ascend.cli import csv_ints, run
 from openclip_ascend.models import TINY_MODEL
@@ -56,20 +57,32 @@ def main():
     parser.add_argument("--devices", default=env("DEVICES", "0"), help="NPU ids, e.g. 0,1 [DEVICES]")
     parser.add_argument("--precision-mode", default=env("PRECISION"),
                         help="atc precision: fp16, fp32, mixed, vision=mixed,text=fp16 or an atc mode [PRECISION]")
+    parser.add_argument("--require-idle", action="store_true", default=env("REQUIRE_IDLE") == "1",
+                        help="stop when npu-smi shows a device busy before step 6, instead of a warning "
+                             "[REQUIRE_IDLE=1]")
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
     args = parser.parse_args()
 
     from openclip_ascend.pipeline import RunConfig, run_steps
+    from openclip_ascend.postprocess import failed_checks
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
                        data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
                        reference=not args.no_reference, int8=args.int8, gpu=args.gpu, fp16_estimate=args.fp16_estimate,
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
-                       opset=args.opset, perf_loops=args.perf_loops)
-    run_steps(config, parse_steps(args.steps))
+                       opset=args.opset, perf_loops=args.perf_loops,
+                       require_idle=args.require_idle)
+    steps = parse_steps(args.steps)
+    results = run_steps(config, steps)
+    failed = failed_checks(results.get("accuracy")) if {5, 7} & set(steps) else []
+    if failed:
+        print(f"accuracy check FAILED for {', '.join(failed)}: degenerate embeddings (see "
+              f"{config.output_dir / 'report.md'})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

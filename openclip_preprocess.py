@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Step 1: flickr30k Karpathy test set → images/{stem}.npy, texts/{stem}_{k}.npy and manifest.json.
 
-    python openclip_preprocess.py --data-dir flickr30k --save-dir prep [--model-name ViT-B-32] [--workers N]
+    python openclip_preprocess.py [--data-dir ./flickr30k_test1k] [--save-dir ./prep_data] [--model-name ViT-B-32]
+        [--workers N]   (the defaults are the reference script's)
 """
 
 import argparse
@@ -13,9 +14,12 @@ from openclip_ascend.models import TINY_MODEL
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help="folder with the images and flickr30k_test_karpathy.txt")
-    parser.add_argument("--save-dir", required=True, help="output folder (images/, texts/, manifest.json)")
-    parser.add_argument("--model-name", default="ViT-B-32", help=f"open_clip model name (or {TINY_MODEL})")
+    parser.add_argument("--data-dir", default="./flickr30k_test1k",
+                        help="folder with the images and flickr30k_test_karpathy.txt (default: %(default)s)")
+    parser.add_argument("--save-dir", default="./prep_data",
+                        help="output folder: images/, texts/, manifest.json (default: %(default)s)")
+    parser.add_argument("--model-name", default="ViT-B-32",
+                        help=f"open_clip model name, or {TINY_MODEL} (default: %(default)s)")
     parser.add_argument("--pretrained", default=None,
                         help="pretrained tag whose own mean/std/interpolation apply (optional)")
     parser.add_argument("--workers", type=int, default=None, help="processes for images (default: all cores)")

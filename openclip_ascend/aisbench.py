@@ -23,20 +23,26 @@ def parse_throughput(text):
     return lines, float(total.group(1)) if total else None
 
 
-def command(model, input=None, output=None, output_dirname=None, outfmt="NPY", batchsize=None, loop=None,
-            device="0", dym_batch=None, warmup_count=None):
-    """The ``python3 -m ais_bench`` command the ModelZoo steps type, with only the flags given."""
+def command(model, **flags):
+    """``python3 -m ais_bench --model M`` with exactly the flags given (None or "" left out): the tool's
+    own defaults apply to the rest, as when a user types it."""
     cmd = [sys.executable, "-m", "ais_bench", "--model", str(model)]
-    for flag, value in (("--input", input), ("--output", output), ("--output_dirname", output_dirname),
-                        ("--outfmt", outfmt), ("--batchsize", batchsize), ("--loop", loop), ("--device", device),
-                        ("--dymBatch", dym_batch), ("--warmup_count", warmup_count)):
+    for name, value in flags.items():
         if value not in (None, ""):
-            cmd += [flag, str(value)]
+            cmd += [f"--{name}", str(value)]
     return cmd
 
 
-def run(cmd, output=None, output_dirname=None):
-    """Run ais_bench, echo its output, return {"throughput", "lines", "summary"} parsed from it."""
+def summary_paths(output, output_dirname, devices):
+    """Where ais_bench leaves its summaries: ``O/D_summary.json``, or one ``O/D/device{N}_summary.json``
+    per device of a multi-device run."""
+    if len(devices) > 1:
+        return [Path(output) / output_dirname / f"device{device}_summary.json" for device in devices]
+    return [Path(output) / f"{output_dirname}_summary.json"]
+
+
+def run(cmd, output=None, output_dirname=None, devices=(0,)):
+    """Run ais_bench, echo its output, return {"throughput", "lines", "summaries"} parsed from it."""
     result = subprocess.run(cmd, capture_output=True, text=True)
     text = result.stdout + result.stderr  # some versions log to stderr
     sys.stdout.write(result.stdout)
@@ -46,9 +52,10 @@ def run(cmd, output=None, output_dirname=None):
     lines, total = parse_throughput(text)
     if not lines and total is None:
         raise KitError("ais_bench printed no throughput line; run it by hand to see why: " + " ".join(cmd))
-    summary = None
+    summaries = {}
     if output and output_dirname:
-        path = Path(output) / f"{output_dirname}_summary.json"
-        if path.is_file():
-            summary = json.loads(path.read_text(encoding="utf-8"))
-    return {"throughput": total if total is not None else lines[-1]["throughput"], "lines": lines, "summary": summary}
+        for device, path in zip(devices, summary_paths(output, output_dirname, devices)):
+            if path.is_file():
+                summaries[str(device)] = json.loads(path.read_text(encoding="utf-8"))
+    return {"throughput": total if total is not None else lines[-1]["throughput"], "lines": lines,
+            "summaries": summaries}

@@ -78,18 +78,59 @@ PRECISION_PRESETS = {
 LAYERNORM_SCOPE = re.compile(r"^(ln(_\w+)?|(layer_?)?norm\w*)$", re.IGNORECASE)
 
 
-def keep_dtype_nodes(path):
+CUBE_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul", "QLinearConv"}
+
+
+def is_310p(soc_version):
+    return str(soc_version).lower().startswith("ascend310p")
+
+
+def keep_dtype_nodes(path, soc_version=""):
     """ONNX node names the ``mixed`` preset keeps in fp32: every node inside a LayerNorm module scope
     (``…/ln_1/ReduceMean``), every Softmax, and the head after the last LayerNorm (pooling, final
-    projection, L2 normalisation)."""
+    projection, L2 normalisation). On 310P only vector ops: it has no fp32 Cube path, so a MatMul or
+    Conv kept in fp32 would run on the AI CPU."""
     import onnx
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
     in_norm = [any(LAYERNORM_SCOPE.match(part) for part in node.name.split("/")[:-1]) or
                node.op_type == "LayerNormalization" for node in nodes]
     last_norm = max((i for i, flag in enumerate(in_norm) if flag), default=len(nodes))
+    vector_only = is_310p(soc_version)
     return [node.name for i, node in enumerate(nodes)
-            if node.name and node.op_type != "Constant" and (in_norm[i] or node.op_type == "Softmax" or i > last_norm)]
+            if node.name and node.op_type != "Constant" and not (vector_only and node.op_type in CUBE_OPS)
+            and (in_norm[i] or node.op_type == "Softmax" or i > last_norm)]
+
+
+def check_precision_for_chip(mode, soc_version, tower):
+    """310P has no fp32 Cube path: an fp32 preset would put Conv and MatMul on the AI CPU (or fail)."""
+    if is_310p(soc_version) and mode in ("fp32", "must_keep_origin_dtype"):
+        raise KitError(f"--precision-mode {mode} ({tower}) on {soc_version}: 310P has no fp32 Cube path, so Conv and "
+                       "MatMul would fall back to the AI CPU or fail to compile; use mixed (LayerNorm and Softmax in "
+                       "fp32, matrix products in fp16) or fp16 — fp32 is a 910B preset")
+
+
+def check_external_data(path):
+    """A graph over 2 GB keeps its weights in files beside it; atc reads them from there."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = {entry.value for init in graph.initializer for entry in init.external_data if entry.key == "location"}
+    for location in sorted(locations):
+        if not (Path(path).parent / location).is_file():
+            raise KitError(f"{Path(path).parent / location}: missing beside {path}, which keeps its weights there; "
+                           "copy the graph and its .data file together (or re-export)")
+
+
+def check_keep_dtype(names, path):
+    """Older atc (CANN 6–7.0) fails a compile whose --keep_dtype names a node missing from the graph."""
+    import onnx
+
+    nodes = {node.name for node in onnx.load(str(path), load_external_data=False).graph.node}
+    missing = [name for name in names if name not in nodes]
+    if missing:
+        raise KitError(f"{path}: the keep_dtype list names {len(missing)} nodes not in this graph (first: "
+                       f"{missing[0]}); re-run convert on the graph it was made from")
 
 
 def parse_precision(value, towers):
@@ -129,6 +170,10 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
     if any(arg.split("=")[0] in PRECISION_FLAGS + ("--keep_dtype",) for arg in extra):
         raise KitError("--atc-args: pass precision through --precision-mode / --precision-mode-v2")
     modes = parse_precision(precision_mode, list(towers))
+    gears = sorted(set(batch_sizes))
+    if dynamic_batch and not 2 <= len(gears) <= 100:
+        raise KitError(f"--dynamic-batch with batch sizes {','.join(map(str, batch_sizes))}: atc needs 2 to 100 distinct "
+                       "gears (E10035); give several, e.g. 1,4,8, or compile a static OM without --dynamic-batch")
     prefix = Path(onnx_prefix)
     out_prefix = Path(output_dir) / prefix.name if output_dir else prefix
     jobs = []
@@ -137,8 +182,10 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
             raise KitError(f"--towers: unknown tower {tower!r}; choose from vision, text")
         model = onnx_path(prefix, tower)
         name, dims = graph_input(model)
+        check_external_data(model)
+        check_precision_for_chip(modes[tower], soc_version, tower)
         gears = [",".join(str(b) for b in batch_sizes)] if dynamic_batch else [str(b) for b in batch_sizes]
-        keep_nodes = keep_dtype_nodes(model) if modes[tower] == "mixed" else []
+        keep_nodes = keep_dtype_nodes(model, soc_version) if modes[tower] == "mixed" else []
         for gear in gears:
             label = "dynbs" if dynamic_batch else f"bs{gear}"
             output = om_stem(out_prefix, tower, label, tag)
@@ -194,6 +241,7 @@ def run_job(job, force=False):
             return job
     job.output.parent.mkdir(parents=True, exist_ok=True)
     if job.keep_dtype:
+        check_keep_dtype(job.keep_dtype, job.onnx)
         write_text(job.output.with_name(job.output.name + ".keep_dtype.cfg"), "\n".join(job.keep_dtype) + "\n")
     start = time.perf_counter()
     with atomic_path(job.log) as tmp, open(tmp, "w", encoding="utf-8") as log:

@@ -67,6 +67,9 @@ class OnnxRuntimeSession:
     def run(self, batch):
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
+    def close(self):
+        """Nothing to release: ONNX Runtime frees the session with the object."""
+
 
 class TorchSession:
     """PyTorch eager on CPU: the reference the other backends are compared with."""
@@ -77,11 +80,11 @@ class TorchSession:
         import torch
 
         from .export import TOWERS, input_geometry, tower_module
-        from .models import load_model
+        from .models import default_pretrained, load_model
 
         if tower not in TOWERS:
             raise KitError(f"--tower must be vision or text for the torch backend, got {tower!r}")
-        model = load_model(model_name, pretrained)
+        model = load_model(model_name, default_pretrained(model_name, pretrained))
         (height, width), context_length = input_geometry(model)
         spec = TOWERS[tower]
         self._torch = torch
@@ -96,11 +99,15 @@ class TorchSession:
         with self._torch.inference_mode():
             return self.module(self._torch.from_numpy(batch)).numpy()
 
+    def close(self):
+        """Nothing to release."""
+
 
 AIS_BENCH_INSTALL = ("install Ascend's aclruntime and ais_bench wheels (Ascend tools repository, "
                      "ais-bench_workload/tool/ais_bench), built for this CANN version")
-_ACL_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
-               "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "float64": np.float64}
+_ACL_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "int32": np.int32, "uint8": np.uint8,
+               "int16": np.int16, "uint16": np.uint16, "uint32": np.uint32, "int64": np.int64,
+               "uint64": np.uint64, "double": np.float64, "bool": np.bool_}  # aclruntime's dtype enum names
 
 
 def ais_bench_infer_session():
@@ -123,6 +130,37 @@ def ais_bench_infer_session():
     return InferSession
 
 
+def _atc_flag(path, flag):
+    """A flag's value in the ``.atc.json`` record convert/onnx2om.py keeps beside an OM (aclruntime does
+    not report gears); None when the OM was compiled elsewhere or without that flag."""
+    import json
+    import re
+
+    record = Path(re.sub(r"(_linux_[A-Za-z0-9_]+)?\.om$", "", str(path)) + ".atc.json")
+    try:
+        command = json.loads(record.read_text(encoding="utf-8"))["command"]
+    except (OSError, ValueError, KeyError):
+        return None
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{flag}=")]
+    return values[0] if values else None
+
+
+def om_gears(path):
+    """The batch gears of a dynamic-batch OM the kit compiled (None: not known)."""
+    gears = _atc_flag(path, "--dynamic_batch_size")
+    return [int(g) for g in gears.split(",")] if gears else None
+
+
+def om_batch(path, dym_batch=None):
+    """The batch one execute of an OM takes: the ``--dymBatch`` gear, or the static batch atc compiled
+    (None: not known)."""
+    if dym_batch:
+        return int(dym_batch)
+    shape = _atc_flag(path, "--input_shape")
+    batch = shape.rsplit(":", 1)[-1].split(",")[0] if shape else ""
+    return int(batch) if batch.isdigit() else None
+
+
 class AscendSession:
     """An OM on an Ascend NPU through ais_bench's InferSession (aclruntime), in this process."""
 
@@ -135,18 +173,39 @@ class AscendSession:
         self.session = ais_bench_infer_session()(int(device_id), str(path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
+            self.close()
             raise KitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         desc = inputs[0]
         dtype_name = str(desc.datatype).rsplit(".", 1)[-1].lower()
         if dtype_name not in _ACL_DTYPES:
+            self.close()
             raise KitError(f"{path}: input dtype {desc.datatype} is not one this kit feeds")
         self.input_name, self.output_name = desc.name, outputs[0].name
         self.input_dtype = np.dtype(_ACL_DTYPES[dtype_name])
         shape = [int(d) for d in desc.shape]
-        if dym_batch:
-            self.session.set_dynamic_batchsize(int(dym_batch))
-            shape[0] = int(dym_batch)
+        if shape[0] == -1 or dym_batch:
+            shape[0] = self._set_gear(path, shape[0], dym_batch)
         self.input_shape = tuple(shape)
+
+    def _set_gear(self, path, batch, dym_batch):
+        """Check ``--dymBatch`` against the OM before aclruntime answers a bad one with a bare
+        ``[ACL: general failure]`` (or, without one, fails on the batch of -1 it reports)."""
+        gears = om_gears(path)
+        known = f"its gears are {','.join(map(str, gears))}" if gears else \
+            "its gears are the values atc's --dynamic_batch_size was given"
+        if batch != -1:
+            self.close()
+            raise KitError(f"--dymBatch {dym_batch}: {path} is a static batch-{batch} OM; drop --dymBatch")
+        if not dym_batch or (gears and int(dym_batch) not in gears):
+            self.close()
+            given = f"--dymBatch {dym_batch} is not one of them" if dym_batch else "it needs --dymBatch N"
+            raise KitError(f"{path}: a dynamic-batch OM ({known}); {given}")
+        try:
+            self.session.set_dynamic_batchsize(int(dym_batch))
+        except RuntimeError as exc:
+            self.close()
+            raise KitError(f"--dymBatch {dym_batch}: {path} refused it ({exc}); {known}") from exc
+        return int(dym_batch)
 
     def run(self, batch):
         # static mode: the feed's byte size must equal the model input's exactly (the runner pads)
@@ -160,13 +219,18 @@ class AscendSession:
         last = summary.exec_time_list[-1]
         return float(last[1] - last[0]) if isinstance(last, (tuple, list)) else float(last)
 
+    def close(self):
+        """Release the device context, as ais_bench's command line does when it is done."""
+        self.session.finalize()
+
 
 def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
                  dym_batch=None):
     """Pick the session for ``backend``; ``auto`` decides from the model file's suffix."""
     if backend == "torch":
         if not model_name:
-            raise KitError("--backend torch needs --model-name (and --pretrained for trained weights) and --tower")
+            raise KitError("--backend torch needs --model-name and --tower (--pretrained: a checkpoint file or cached "
+                           "tag; none for random weights)")
         return TorchSession(model_name, pretrained, tower)
     if not model:
         raise KitError("--model is required: an .onnx file (ONNX Runtime) or an .om file (Ascend)")

@@ -38,4 +38,7 @@ def csv_ints(text, minimum=1):
         raise KitError(f"{text!r}: expected comma-separated whole numbers such as 1,4,8") from exc
     if not values or any(value < minimum for value in values):
         raise KitError(f"{text!r}: expected comma-separated whole numbers ≥ {minimum} such as 1,4,8")
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise KitError(f"{text!r}: {repeated[0]} appears twice; each value names its own outputs, give it once")
     return values

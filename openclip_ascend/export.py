@@ -18,6 +18,9 @@ from .files import KitError, staging_dir
 from .metrics import compare_embeddings
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
+# CANN's ONNX parser registers every op these graphs use at opsets 11, 13, 14 and 17; at 18 ReduceL2 is
+# missing, from 19 nothing (CANN 5.x/6.0 parse up to 13)
+OPSETS = range(11, 18)
 PARITY_TOLERANCE = 1e-4
 # protobuf cannot serialise a message of 2 GiB; graphs with more weight bytes (ViT-H-14's vision tower,
 # ViT-bigG) keep them in "{name}.onnx.data" beside the graph, as ONNX external data
@@ -210,18 +213,49 @@ def plain_attention(model):
             module.forward = original
 
 
-def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True):
+def given_examples(model, model_name, pretrained=None, image=None, text=None):
+    """The reference's ``--image`` / ``--text`` tracing inputs as {tower: (1, …) array}, made exactly as
+    step 1 makes its arrays."""
+    examples = {}
+    if image:
+        from PIL import Image
+
+        from .models import preprocess_config
+        from .transforms import ImagePreprocessor
+
+        try:
+            with Image.open(image) as img:
+                pixels = ImagePreprocessor(preprocess_config(model, model_name, pretrained))(img)
+        except (OSError, ValueError) as exc:
+            raise KitError(f"--image {image}: cannot be read as an image ({exc}); pass a JPEG or PNG file") from exc
+        examples["vision"] = pixels[None]
+    if text:
+        from .transforms import Tokenizer
+
+        examples["text"] = np.ascontiguousarray(Tokenizer(model_name)([text])[:1])
+    return examples
+
+
+def _tracing_input(model, tower, given=None):
+    """A batch of 2 (a dynamic batch axis cannot be traced from a size-1 example): the given input
+    first where there is one."""
+    fresh = example_inputs(model, tower, batch=2)
+    return fresh if given is None else np.concatenate([given, fresh[:1]]).astype(fresh.dtype)
+
+
+def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output.
 
     ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
     MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
+    ``given`` is a (1, …) input to trace with (the reference's ``--image`` / ``--text``).
     """
     import onnx
 
     spec = TOWERS[tower]
     path = Path(path)
     module = tower_module(model, tower, pooled_last_block=rewrite)
-    example = torch.from_numpy(example_inputs(model, tower, batch=2))
+    example = torch.from_numpy(_tracing_input(model, tower, given))
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
     attention = plain_attention(model) if rewrite else contextlib.nullcontext()
@@ -279,15 +313,16 @@ def torch_embeddings(model, tower, inputs):
         return tower_module(model, tower)(torch.from_numpy(inputs)).numpy()
 
 
-def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERANCE):
-    """ONNX Runtime vs PyTorch on fresh inputs; raises KitError when max abs diff exceeds ``tolerance``."""
+def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERANCE, given=None):
+    """ONNX Runtime vs PyTorch on fresh inputs of each batch size (and on ``given``, keyed ``"given"``);
+    raises KitError when max abs diff exceeds ``tolerance``."""
     from .backends import OnnxRuntimeSession
 
     session = OnnxRuntimeSession(path)
+    cases = [(batch, example_inputs(model, tower, batch, seed=seed)) for seed, batch in enumerate(batch_sizes, 1)]
     results = {}
-    for seed, batch in enumerate(batch_sizes, start=1):
-        inputs = example_inputs(model, tower, batch, seed=seed)
-        results[batch] = compare_embeddings(torch_embeddings(model, tower, inputs), session.run(inputs))
+    for key, inputs in cases + ([("given", given)] if given is not None else []):
+        results[key] = compare_embeddings(torch_embeddings(model, tower, inputs), session.run(inputs))
     worst = max(result["max_abs_diff"] for result in results.values())
     if worst > tolerance:
         raise KitError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:g}); "
@@ -295,14 +330,20 @@ def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERA
     return results
 
 
-def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True):
-    """Export the towers; returns {tower: {"path": …, "parity": {batch: stats}}}."""
+def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True, examples=None):
+    """Export the towers; returns {tower: {"path": …, "parity": {batch: stats}}}. ``examples``
+    ({tower: (1, …) array}, see ``given_examples``) are traced with and checked too."""
+    if opset not in OPSETS:
+        raise KitError(f"--opset {opset}: choose {OPSETS[0]}–{OPSETS[-1]}, the opsets CANN's ONNX parser takes for every "
+                       f"op of these graphs (18 lacks ReduceL2; CANN 5.x/6.0 take up to 13); default {DEFAULT_OPSET}")
     report = {}
     for tower in towers:
         if tower not in TOWERS:
             raise KitError(f"--towers: unknown tower {tower!r}; choose from vision, text")
-        path = export_tower(model, tower, onnx_path(prefix, tower), opset)
-        report[tower] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
+        given = (examples or {}).get(tower)
+        path = export_tower(model, tower, onnx_path(prefix, tower), opset, given=given)
+        report[tower] = {"path": str(path),
+                         "parity": check_parity(model, tower, path, given=given) if check else None}
     return report
 
 

@@ -7,6 +7,7 @@ Hugging Face cache, otherwise the error says which file to fetch and how to pass
 import contextlib
 import logging
 import posixpath
+import sys
 from pathlib import Path
 
 from .files import KitError
@@ -17,6 +18,20 @@ TINY_CONFIG = ASSETS / f"{TINY_MODEL}.json"
 TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
 
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"  # the reference scripts' default tag
+RANDOM_WEIGHTS = "none"  # --pretrained none: random weights, only when asked for, always with a warning
+
+
+def is_random_weights(pretrained):
+    return isinstance(pretrained, str) and pretrained.strip().lower() == RANDOM_WEIGHTS
+
+
+def default_pretrained(model_name, pretrained):
+    """What a user-facing command loads when ``--pretrained`` is not given: the bundled weights for the
+    tiny model, the reference's tag otherwise — never silently random weights."""
+    if pretrained:
+        return pretrained
+    return str(TINY_WEIGHTS) if model_name == TINY_MODEL else DEFAULT_PRETRAINED
 
 
 def open_clip_module():
@@ -57,8 +72,8 @@ def _hf_location(tag_cfg):
 
 
 def resolve_checkpoint(model_name, pretrained):
-    """Path of the weights to load, or None for random weights (``pretrained`` empty)."""
-    if not pretrained:
+    """Path of the weights to load, or None for random weights (``pretrained`` empty or ``none``)."""
+    if not pretrained or is_random_weights(pretrained):
         return None
     if Path(pretrained).is_file():
         return Path(pretrained)
@@ -87,10 +102,14 @@ def load_model(model_name, pretrained=None, **overrides):
     """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag).
 
     ``overrides`` replace top-level config entries (e.g. a ``vision_cfg`` with fewer layers), as
-    open_clip's ``create_model(**model_kwargs)`` does.
+    open_clip's ``create_model(**model_kwargs)`` does. ``pretrained`` None builds random weights for
+    tests and benchmarks; the user-facing ``none`` does too, with a warning on stderr.
     """
     open_clip = check_model_name(model_name)
     checkpoint = resolve_checkpoint(model_name, pretrained)
+    if is_random_weights(pretrained):
+        print(f"warning: --pretrained none: {model_name} gets random weights; no accuracy figure from it says "
+              "anything about a trained model", file=sys.stderr)
     with quiet_root_logger():
         model = open_clip.create_model(model_name, pretrained=None, **overrides)
     if checkpoint is not None:

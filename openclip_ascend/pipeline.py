@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import KitError, read_json, write_json
-from .models import TINY_MODEL, TINY_WEIGHTS
+from .models import TINY_MODEL, default_pretrained, is_random_weights
 
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
 INT8 = "onnxruntime-int8"
@@ -42,12 +42,16 @@ class RunConfig:
     workers: int = None
     opset: int = None
     perf_loops: int = 20
+    require_idle: bool = False  # a busy NPU before step 6 stops the run instead of a warning
     commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
-        if self.pretrained is None and self.model_name == TINY_MODEL:
-            self.pretrained = str(TINY_WEIGHTS)
+        self.pretrained = default_pretrained(self.model_name, self.pretrained)
+
+    @property
+    def random_weights(self):
+        return is_random_weights(self.pretrained)
 
     @property
     def prep(self):
@@ -115,18 +119,20 @@ def step_export(config):
 
     opset = config.opset or DEFAULT_OPSET
     config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
-               config.pretrained or "", "--onnx-prefix", config.onnx_prefix, "--opset", opset)
-    report = export_model(load_model(config.model_name, config.pretrained), config.onnx_prefix, opset=opset)
+               config.pretrained, "--onnx-prefix", config.onnx_prefix, "--opset", opset)
+    towers = export_model(load_model(config.model_name, config.pretrained), config.onnx_prefix, opset=opset)
     if config.int8:
         from .export import quantize_int8
 
         for tower in TOWER_INPUTS:
-            report[tower]["int8_path"] = str(quantize_int8(config.onnx_prefix, tower))
+            towers[tower]["int8_path"] = str(quantize_int8(config.onnx_prefix, tower))
     if config.fp16_estimate:
         from .export import simulate_fp16
 
         for tower in TOWER_INPUTS:
-            report[tower]["fp16_estimate_path"] = str(simulate_fp16(config.onnx_prefix, tower))
+            towers[tower]["fp16_estimate_path"] = str(simulate_fp16(config.onnx_prefix, tower))
+    report = {"model_name": config.model_name, "pretrained": config.pretrained,
+              "random_weights": config.random_weights, "towers": towers}
     write_json(config.output_dir / "export.json", report)
     return report
 
@@ -186,7 +192,7 @@ def _runs(config):
     dynamic-batch OMs at each gear; the CPU sessions are built once per tower."""
     from .backends import AscendSession
     from .export import fp16_estimate_path, int8_path, onnx_path
-    from .runner import infer, infer_devices
+    from .runner import infer, infer_devices, infer_opened
 
     for backend in backends_of(config):
         sessions = {}
@@ -200,13 +206,14 @@ def _runs(config):
                         run = functools.partial(infer_devices, {"backend": "ascend", "model": str(om), "dym_batch": gear},
                                                 config.devices)
                     else:
-                        run = functools.partial(infer, AscendSession(om, config.devices[0], gear))
+                        run = functools.partial(infer_opened,
+                                                functools.partial(AscendSession, om, config.devices[0], gear))
                 else:
                     if tower not in sessions:
                         sessions[tower] = _cpu_session(config, backend, tower)
                     run = functools.partial(infer, sessions[tower])
                     flags = {"torch": ["--backend", "torch", "--model-name", config.model_name, "--pretrained",
-                                       config.pretrained or "", "--tower", tower],
+                                       config.pretrained, "--tower", tower],
                              INT8: ["--model", int8_path(config.onnx_prefix, tower)],
                              FP16_ESTIMATE: ["--model", fp16_estimate_path(config.onnx_prefix, tower)],
                              GPU: ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"],
@@ -228,8 +235,10 @@ def step_infer(config):
 
 def step_accuracy(config):
     import functools
+    import sys
 
-    from .postprocess import embedding_agreement, evaluate_folders, read_embedding_dir
+    from .postprocess import (degenerate_warning, embedding_agreement, evaluate_folders, read_embedding_dir,
+                              retrieval_record, tie_note)
     from .reports import comparison_table, metrics_line, recall_table, save_table
 
     # batch by batch, so the PyTorch reference folders are read once per batch size and every
@@ -244,11 +253,17 @@ def step_accuracy(config):
                 raise KitError(f"{out / 'vision'}: no embeddings; run step 4 (infer) first")
             config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
                        out / "text", "--manifest", config.prep / "manifest.json")
-            metrics, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json", read=read)
+            result, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json", read=read)
             skipped = counts["skipped_in_preprocessing"]
             note = f" (over {counts['images']} images; {skipped} items skipped in preprocessing)" if skipped else ""
-            print(f"{backend} bs{batch}: {metrics_line(metrics)}{note}")
-            entry = {"backend": backend, "batch_size": batch, "metrics": metrics, **counts}
+            print(f"{backend} bs{batch}: {metrics_line(result)}{note}")
+            note = tie_note(result)
+            if note:
+                print(f"  {note}")
+            warning = degenerate_warning(result, f"{backend} bs{batch}")
+            if warning:
+                print(warning, file=sys.stderr)
+            entry = {"backend": backend, "batch_size": batch, **retrieval_record(result, counts)}
             reference = config.infer_dir("torch", batch)
             if backend != "torch" and (reference / "vision").is_dir():
                 entry["agreement"] = {tower: embedding_agreement(reference / tower, out / tower, read=read)
@@ -265,8 +280,16 @@ def step_accuracy(config):
 
 
 def step_performance(config):
+    import sys
+
+    from .npu import idle_check
     from .reports import plot_throughput, save_table, throughput_table
 
+    npu_state, busy = {}, []
+    if resolve_backend(config.backend)[0] == "ascend":  # a figure taken on a busy NPU is not the model's
+        npu_state, busy = idle_check(config.devices, config.require_idle)
+        for warning in busy:
+            print(f"warning: {warning}", file=sys.stderr)
     throughput, latency, per_device = {}, {}, {}
     for backend, batch, tower, flags, run in _runs(config):
         if backend == FP16_ESTIMATE:
@@ -284,7 +307,7 @@ def step_performance(config):
                          title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
     plot_throughput(throughput, config.output_dir / "throughput.png")
     performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops,
-                   "per_device": per_device}
+                   "per_device": per_device, "npu_state": npu_state, "npu_warnings": busy}
     write_json(config.output_dir / "performance.json", performance)
     return performance
 
@@ -307,8 +330,10 @@ def run_steps(config, steps=tuple(STEPS)):
     print(f"backend: {backend} ({reason})" + (" + PyTorch reference" if config.reference else ""))
     results_path = config.output_dir / "results.json"
     results = read_json(results_path) if results_path.is_file() else {}
-    results.update({"model_name": config.model_name, "pretrained": config.pretrained, "backend": backend})
+    results.update({"model_name": config.model_name, "pretrained": config.pretrained,
+                    "random_weights": config.random_weights, "backend": backend})
     commands = results.setdefault("commands", {})
+    write_json(results_path, results)  # what the run is, before any step reads it
     for number in steps:
         if number not in STEPS:
             raise KitError(f"step {number}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")

@@ -6,7 +6,7 @@ import numpy as np
 
 from .dataset import Caption, Manifest
 from .files import KitError, natural_key
-from .metrics import DEFAULT_RECALL_K, compare_embeddings, retrieval_metrics
+from .metrics import DEFAULT_RECALL_K, compare_embeddings, evaluate_retrieval
 
 OUTPUT_SUFFIX = "_0"  # ais_bench names output 0 of input X.npy "X_0.npy"
 
@@ -27,11 +27,15 @@ def read_embedding_dir(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise KitError(f"{folder}: embedding folder not found; point it at ais_bench's --output/--output_dirname")
-    embeddings = {}
+    embeddings, sources = {}, {}
     for path in sorted(folder.rglob("*_0.*"), key=lambda p: natural_key(p.name)):
         if path.suffix not in (".npy", ".bin", ".txt"):
             continue
         stem = path.name.split(".", 1)[0][: -len(OUTPUT_SUFFIX)]
+        if stem in sources:
+            raise KitError(f"{sources[stem]} and {path}: two outputs for input {stem!r} (another run's format or "
+                           "device split left one behind); empty the folder and re-run inference")
+        sources[stem] = path
         embeddings[stem] = _read_output(path).reshape(-1)
     if not embeddings:
         raise KitError(f"{folder}: no ais_bench outputs (*_0.npy / *_0.bin) found; run the inference step first")
@@ -68,8 +72,8 @@ def _gather(embeddings, stems, kind, folder):
 
 
 def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL_K, read=read_embedding_dir):
-    """recall@k of two ais_bench output folders; returns (metrics, counts). ``read`` may be a cached
-    ``read_embedding_dir`` when the same folders are also compared with ``embedding_agreement``."""
+    """recall@k of two ais_bench output folders; returns (RetrievalResult, counts). ``read`` may be a
+    cached ``read_embedding_dir`` when the same folders are also compared with ``embedding_agreement``."""
     image_embeds = read(vision_dir)
     text_embeds = read(text_dir)
     manifest = Manifest.load(manifest_path) if manifest_path else manifest_from_names(image_embeds, text_embeds)
@@ -78,9 +82,9 @@ def evaluate_folders(vision_dir, text_dir, manifest_path=None, ks=DEFAULT_RECALL
     if images.shape[1] != texts.shape[1]:
         raise KitError(f"embedding widths differ: {vision_dir} has {images.shape[1]}, {text_dir} has "
                        f"{texts.shape[1]}; the two towers must come from the same model")
-    metrics = retrieval_metrics(images, texts, [caption.image for caption in manifest.captions], ks)
+    result = evaluate_retrieval(images, texts, [caption.image for caption in manifest.captions], ks)
     extra = (len(image_embeds) - len(images)) + (len(text_embeds) - len(texts))
-    return metrics, {"images": len(images), "captions": len(texts), "skipped_in_preprocessing": len(manifest.skipped),
+    return result, {"images": len(images), "captions": len(texts), "skipped_in_preprocessing": len(manifest.skipped),
                      "extra_outputs_ignored": extra}
 
 
@@ -92,3 +96,37 @@ def embedding_agreement(reference_dir, candidate_dir, read=read_embedding_dir):
     if missing:
         raise KitError(f"{candidate_dir}: {len(missing)} outputs missing against {reference_dir} (first: {missing[0]}_0)")
     return compare_embeddings(np.stack([reference[s] for s in stems]), np.stack([candidate[s] for s in stems]))
+
+
+def tie_note(result):
+    """One line on the figures exact ties lowered: how many queries, and the optimistic value (None when
+    ties changed nothing)."""
+    if not result.ties:
+        return None
+    parts = [f"{key} {result.metrics[key]:.4f} ({tie['optimistic']:.4f} if they went to the positive; "
+             f"{tie['queries']} of {result.queries[key]} queries)" for key, tie in result.ties.items()]
+    return "exact ties, counted against the positive, lower " + ", ".join(parts)
+
+
+def degenerate_warning(result, where):
+    """The loud line for embeddings no working model produces (None when they look healthy)."""
+    if not result.degenerate:
+        return None
+    return (f"WARNING: accuracy check FAILED for {where}: degenerate embeddings ({'; '.join(result.problems)}). "
+            "A collapsed model's recall means nothing; check the OM's precision mode (fp16 overflow) and the inputs")
+
+
+METRICS_NOTE = ("metrics: exact fractions hits/queries, exact ties counted against the positive; metrics_float32: "
+                "the same as the reference's Metrics line prints them (torch float32 means)")
+
+
+def retrieval_record(result, counts):
+    """What step 5 and ``--results-file`` keep of one evaluation (JSON-ready)."""
+    return {"metrics": result.metrics, "metrics_float32": result.metrics_float32, "ties": result.ties,
+            "check": "failed" if result.degenerate else "passed", "problems": result.problems, **counts,
+            "note": METRICS_NOTE}
+
+
+def failed_checks(accuracy):
+    """``backend bsN`` of every step-5 entry whose check failed (degenerate embeddings)."""
+    return [f"{entry['backend']} bs{entry['batch_size']}" for entry in accuracy or [] if entry.get("check") == "failed"]

@@ -6,24 +6,50 @@ valid outputs and makes the missing ones (``--force`` redoes all), so an interru
 the same bytes an uninterrupted one writes.
 """
 
+import contextlib
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .dataset import ANNOTATION_FILE, Problems, read_annotations
-from .files import save_npy
+from .dataset import ANNOTATION_FILE, Problems, image_stem, read_annotations
+from .files import KitError, save_npy
 from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _worker_preprocessor = None
 
 
-def _init_worker(config_dict):
+_PARENT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _parent_signals_held():
+    """Hold SIGINT/SIGTERM while worker processes fork, so none can run the parent's handlers before
+    its own are set (the parent's raise KeyboardInterrupt: in a worker that printed a traceback)."""
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _init_worker(config_dict, pool_worker=False):
+    """Pool workers leave signals to the parent: Ctrl-C reaches the parent, which ends them with
+    ``Pool.terminate()``'s SIGTERM, and that simply stops them (the parent then removes any
+    temporary file a stopped worker left)."""
     global _worker_preprocessor
+    if pool_worker:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
     _worker_preprocessor = ImagePreprocessor(PreprocessConfig.from_dict(config_dict))
 
 
@@ -45,6 +71,15 @@ def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def worker_pool(workers, config):
+    """A process pool for images whose workers a SIGTERM simply stops. Fork starts them at once (they
+    only use PIL and numpy); spawn where fork does not exist."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with _parent_signals_held():
+        return multiprocessing.get_context(method).Pool(workers, initializer=_init_worker,
+                                                        initargs=(config.to_dict(), True))
+
+
 def convert_images(jobs, config, workers):
     """Run ``(source, target)`` jobs over ``workers`` processes; returns {source: reason} of failures.
 
@@ -60,14 +95,18 @@ def convert_images(jobs, config, workers):
                 failures[job[0]] = reason
             bar.update()
     else:
-        # fork starts workers at once (they only use PIL and numpy); spawn where fork does not exist
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        with context.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(),)) as pool:
+        pool = worker_pool(workers, config)
+        try:
             for source, reason in zip((job[0] for job in jobs), pool.imap(_convert_image, jobs, chunksize=16)):
                 if reason:
                     failures[source] = reason
                 bar.update()
+            pool.close()  # done: the workers exit on their own, no signal needed
+        except BaseException:
+            pool.terminate()  # interrupted: stop the workers now
+            raise
+        finally:
+            pool.join()
     bar.close()
     return failures
 
@@ -96,6 +135,20 @@ def remove_stale_temporaries(folder):
         path.unlink(missing_ok=True)
 
 
+def check_unique_stems(names, data_dir):
+    """Arrays are named by the part of the file name before its first dot, as ais_bench names its
+    outputs: two images with one stem would overwrite each other's array and captions. A naming clash
+    is no bad image, so it stops the run under every ``--on-error`` before anything is written."""
+    first = {}
+    for name in names:
+        stem = image_stem(name)
+        if stem in first:
+            raise KitError(f"{Path(data_dir) / first[stem]} and {Path(data_dir) / name}: both would become "
+                           f"images/{stem}.npy (arrays are named by the part before the first dot); rename one "
+                           f"of them and its lines in {ANNOTATION_FILE}")
+        first[stem] = name
+
+
 def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False):
     """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest."""
     from .models import model_skeleton, preprocess_config
@@ -103,6 +156,7 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     data_dir, save_dir = Path(data_dir), Path(save_dir)
     problems = Problems(on_error)
     manifest = read_annotations(data_dir / ANNOTATION_FILE, problems)
+    check_unique_stems(manifest.images, data_dir)
     named = set(manifest.images)
     manifest.unreferenced_images = sum(1 for p in data_dir.iterdir()
                                        if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in named)
@@ -122,7 +176,10 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     jobs = [(data_dir / name, target) for name, target in targets.items()
             if force or not is_valid_array(target, (1, 3, height, width), np.float32)
             or target.stat().st_mtime < (data_dir / name).stat().st_mtime]
-    failures = convert_images(jobs, config, workers or default_workers())
+    try:
+        failures = convert_images(jobs, config, workers or default_workers())
+    finally:
+        remove_stale_temporaries(save_dir / "images")  # what a stopped worker was writing
     for source, reason in failures.items():
         problems.report(source, reason, "replace the file or remove its lines from the annotation file")
     manifest = manifest.without_images([Path(source).name for source in failures])

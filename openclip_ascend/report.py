@@ -7,7 +7,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import read_json, write_text
-from .reports import comparison_table, markdown_table, recall_table, throughput_table
+from .postprocess import failed_checks
+from .reports import comparison_table, markdown_table, recall_table, throughput_table, tie_footnotes
 
 PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
             "aclruntime")
@@ -57,10 +58,20 @@ def write_report(run_dir):
     results = read_json(run_dir / "results.json")
     sections = [f"# {results.get('model_name', 'model')} — accuracy and speed report", ""]
     sections += [f"Backend: **{results.get('backend')}**; weights: `{results.get('pretrained')}`.", ""]
+    if results.get("random_weights"):
+        sections += ["**Random weights** (`--pretrained none`): no figure in this report says anything about a "
+                     "trained model's accuracy.", ""]
     if (run_dir / "accuracy.json").is_file():
         accuracy = read_json(run_dir / "accuracy.json")
+        failed = failed_checks(accuracy)
+        if failed:
+            sections += [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed "
+                         "model); their recall below means nothing.", ""]
         sections += ["## Accuracy (flickr30k-style retrieval, CLIP_benchmark's recall@k)", "",
                      markdown_table(*recall_table(accuracy)), ""]
+        footnotes = tie_footnotes(accuracy)
+        if footnotes:
+            sections += footnotes + [""]
         headers, rows = comparison_table(accuracy)
         if rows:
             sections += ["### Against PyTorch", "", markdown_table(headers, rows), "",
@@ -74,6 +85,8 @@ def write_report(run_dir):
         performance = read_json(run_dir / "performance.json")
         sections += ["## Throughput (pure inference, as ais_bench measures it)", "",
                      f"fps = 1000 × batch / mean compute ms over {performance['loops']} runs after a dropped warm-up.", ""]
+        for warning in performance.get("npu_warnings", []):
+            sections += [f"**Measured on a busy NPU, figures unreliable**: {warning}.", ""]
         for backend, by_batch in performance["throughput"].items():
             table = throughput_table({int(batch): row for batch, row in by_batch.items()})
             sections += [f"### {backend}", "", markdown_table(*table), ""]

@@ -24,19 +24,32 @@ def write_csv(path, headers, rows):
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def metrics_line(metrics, k=5):
-    """The reference postprocess's line: ``Metrics: {'image_retrieval_recall@5': …, 'text_retrieval_recall@5': …}``."""
+def metrics_line(result, k=5):
+    """The reference postprocess's line, ``Metrics: {'image_retrieval_recall@5': 0.9179999828338623, …}``:
+    recall@5 both ways as torch float32 means widened to Python floats, as the reference prints them."""
+    values = result.metrics_float32
     keys = (f"image_retrieval_recall@{k}", f"text_retrieval_recall@{k}")
-    return "Metrics: " + str({key: metrics[key] for key in keys if key in metrics})
+    return "Metrics: " + str({key: values[key] for key in keys if key in values})
 
 
 def recall_table(results):
-    """results: [{"backend", "batch_size", "metrics"}] → (headers, rows) with R@1/5/10 both ways."""
+    """results: [{"backend", "batch_size", "metrics", "ties", "check"}] → (headers, rows) with R@1/5/10 both
+    ways; † marks a figure exact ties lowered (``tie_footnotes`` says by how much), and the last column
+    is step 5's verdict on the embeddings."""
     columns = [(key, label) for key, label in RECALL_COLUMNS if any(key in r["metrics"] for r in results)]
-    headers = ["backend", "batch size"] + [label for _, label in columns]
-    rows = [[r["backend"], r.get("batch_size", "")] + [f"{r['metrics'][key]:.4f}" for key, _ in columns]
+    headers = ["backend", "batch size"] + [label for _, label in columns] + ["check"]
+    rows = [[r["backend"], r.get("batch_size", "")]
+            + [f"{r['metrics'][key]:.4f}" + ("†" if key in r.get("ties", {}) else "") for key, _ in columns]
+            + ["**FAILED**: degenerate embeddings" if r.get("check") == "failed" else "passed"]
             for r in results]
     return headers, rows
+
+
+def tie_footnotes(results):
+    """† lines: which figures exact ties lowered, for how many queries, and the optimistic value."""
+    return [f"† {r['backend']} bs{r.get('batch_size', '')} {key}: exact ties touch {tie['queries']} queries and are "
+            f"counted against the positive; {tie['optimistic']:.4f} if they went to it"
+            for r in results for key, tie in r.get("ties", {}).items()]
 
 
 def throughput_table(fps_by_batch):

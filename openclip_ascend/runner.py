@@ -7,8 +7,10 @@ each output is written as ``{input stem}_0.{npy|bin|txt}`` in ``output/output_di
 Compute time is taken around the synchronous ``run`` call only, as ais_bench times the execute.
 """
 
+import math
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,31 +21,54 @@ from .dataset import image_stem
 from .files import KitError, atomic_path, natural_key, save_npy, write_json
 
 OUTPUT_FORMATS = ("NPY", "BIN", "TXT")
+INPUT_SUFFIXES = (".npy", ".NPY", ".bin", ".BIN")  # what ais_bench reads; .bin is raw bytes of the model's dtype
+PURE_INFER_STEM = "pure_infer_data"  # ais_bench's name for the zero-filled input of pure inference
 
 
 def list_input_files(inputs):
-    """ais_bench ``--input``: comma-separated folders and/or files → natural-sorted ``.npy`` paths."""
+    """ais_bench ``--input``: comma-separated folders and/or files → natural-sorted input paths."""
     files = []
     for item in str(inputs).split(","):
         path = Path(item.strip())
         if path.is_dir():
-            found = [p for p in path.iterdir() if p.suffix == ".npy"]
+            found = [p for p in path.iterdir() if p.suffix in INPUT_SUFFIXES]
             if not found:
-                raise KitError(f"{path}: no .npy files in this input folder; run openclip_preprocess.py first")
+                raise KitError(f"{path}: no .npy or .bin files in this input folder; run openclip_preprocess.py first")
             files.extend(sorted(found, key=lambda p: natural_key(p.name)))
         elif path.is_file():
-            if path.suffix != ".npy":
-                raise KitError(f"{path}: only .npy inputs are supported; convert it or use openclip_preprocess.py")
+            if path.suffix not in INPUT_SUFFIXES:
+                raise KitError(f"{path}: ais_bench reads .npy and .bin inputs; convert it or use openclip_preprocess.py")
             files.append(path)
         else:
             raise KitError(f"{path}: --input path not found")
+    named = {}
+    for path in files:
+        stem = image_stem(path.name)
+        if stem in named:
+            raise KitError(f"{named[stem]} and {path}: both would write the output {stem}_0 (ais_bench names outputs "
+                           "by the part before the first dot); rename one of them")
+        named[stem] = path
     return files
 
 
 def model_batch_size(session, batch_size):
-    """The batch one run takes: a static first axis wins over ``--batchsize``, as on an OM."""
+    """The batch one run takes: a static first axis wins over ``--batchsize`` (default 1 for a
+    dynamic-batch ONNX), as on an OM."""
     static = session.input_shape[0]
-    return static if static is not None else batch_size
+    return static if static is not None else (batch_size or 1)
+
+
+def load_sample(path, session):
+    """An input file as ais_bench reads it: ``.npy`` as saved, ``.bin`` as raw bytes of the model's input
+    dtype, shaped as whole samples of the model's input."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path)
+    raw = np.fromfile(path, dtype=session.input_dtype)
+    per_sample = int(np.prod([d for d in session.input_shape[1:]]))
+    if raw.size == 0 or raw.size % per_sample:
+        raise KitError(f"{path}: {raw.nbytes} bytes are not whole samples of the model's input {session.input_name!r} "
+                       f"({session.input_dtype}, {per_sample * raw.itemsize} bytes each)")
+    return raw.reshape((-1,) + tuple(session.input_shape[1:]))
 
 
 def _check_sample(path, array, session):
@@ -62,9 +87,13 @@ def _save_output(path_stem, array, outfmt):
     elif outfmt == "BIN":
         with atomic_path(f"{path_stem}.bin") as tmp:
             array.tofile(tmp)
-    else:
-        with atomic_path(f"{path_stem}.txt") as tmp:
-            np.savetxt(tmp, array.reshape(array.shape[0], -1))
+    else:  # ais_bench: rows of the last axis, "%f" values space-separated (a space before each newline)
+        rows = array.reshape(-1, array.shape[-1])
+        fmt = "%f" if rows.dtype.kind == "f" else "%d"
+        with atomic_path(f"{path_stem}.txt") as tmp, open(tmp, "wb") as handle:
+            for row in rows:
+                np.savetxt(handle, row[None], fmt=fmt, delimiter=" ", newline=" ")
+                handle.write(b"\n")
 
 
 def stats(times_ms):
@@ -95,7 +124,7 @@ def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, wa
     saved, as ais_bench saves nothing without ``--output``.
     """
     batch = model_batch_size(session, batch_size)
-    samples = [np.load(path) for path in files]
+    samples = [load_sample(path, session) for path in files]
     for path, array in zip(files, samples):
         _check_sample(path, array, session)
     file_batch = samples[0].shape[0]
@@ -111,23 +140,24 @@ def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, wa
 
     for _ in range(warmup_count):
         session.run(stacked(groups[0]))
-    for sample_id, group in enumerate(tqdm(groups, desc=f"infer bs{batch}", unit="batch")):
+    for index, group in enumerate(tqdm(groups, desc=f"infer bs{batch}", unit="batch")):
         inputs = stacked(group)
         for _ in range(loop):
             output, elapsed = _timed_run(session, inputs)
             times.append(elapsed)
-        outfiles = []
-        for position, index in enumerate(group if output_dir is not None else ()):
-            rows = output[position * file_batch:(position + 1) * file_batch]
-            target = Path(output_dir) / f"{image_stem(files[index].name)}_0"
-            _save_output(target, rows, outfmt)
-            outfiles.append(f"{target}.{outfmt.lower()}")
-        filesinfo[sample_id] = {"infiles": [str(files[i]) for i in group], "outfiles": outfiles}
+        for position, file_index in enumerate(group):  # ais_bench: one entry per input file
+            entry = {"infiles": [str(files[file_index])], "outfiles": []}
+            if output_dir is not None:
+                target = Path(output_dir) / f"{image_stem(files[file_index].name)}_0"
+                _save_output(target, output[position * file_batch:(position + 1) * file_batch], outfmt)
+                entry["outfiles"].append(f"{target}.{outfmt.lower()}")
+            filesinfo[index * per_run + position] = entry
     return times, filesinfo, batch
 
 
-def run_pure(session, batch_size=1, loop=1, warmup_count=1):
-    """Pure-inference throughput on zero-filled data, as ais_bench does without ``--input``."""
+def run_pure(session, batch_size=1, loop=1, warmup_count=1, output_dir=None, outfmt="BIN"):
+    """Pure-inference throughput on zero-filled data, as ais_bench does without ``--input``; with an
+    output folder the last output is saved as ``pure_infer_data_0.<fmt>``, as ais_bench saves it."""
     batch = model_batch_size(session, batch_size)
     shape = (batch,) + tuple(dim if dim is not None else 1 for dim in session.input_shape[1:])
     zeros = np.zeros(shape, dtype=session.input_dtype)
@@ -135,7 +165,12 @@ def run_pure(session, batch_size=1, loop=1, warmup_count=1):
         zeros[:, 0] = 49407  # an all-zero token row has no EOT; put the pooled token first
     for _ in range(warmup_count):
         session.run(zeros)
-    times = [_timed_run(session, zeros)[1] for _ in tqdm(range(loop), desc=f"pure infer bs{batch}", unit="loop")]
+    times = []
+    for _ in tqdm(range(loop), desc=f"pure infer bs{batch}", unit="loop"):
+        output, elapsed = _timed_run(session, zeros)
+        times.append(elapsed)
+    if output_dir is not None:
+        _save_output(Path(output_dir) / f"{PURE_INFER_STEM}_0", output, outfmt)
     return times, batch
 
 
@@ -190,21 +225,27 @@ def _output_args(outfmt, output, output_dirname):
 def _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count):
     """Files when given, else pure inference → (times, filesinfo, model batch, real samples)."""
     if files is None:
-        times, batch = run_pure(session, batchsize, loop, warmup_count)
-        return times, None, batch, batch * loop
+        times, batch = run_pure(session, batchsize, loop, warmup_count, out_dir, outfmt)
+        return times, {}, batch, batch * loop
     times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
     return times, filesinfo, batch, len(files)
 
 
-def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1, loop=1,
+def command_line(args):
+    """ais_bench's summary ``args``: the command line as a list (``sys.argv``)."""
+    return list(args) if args is not None else list(sys.argv)
+
+
+def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=None, loop=1,
           warmup_count=1, args=None):
-    """ais_bench end to end: returns the summary; writes outputs and the summary JSON under ``output``."""
+    """ais_bench end to end: returns the summary; writes outputs and ``{output}/{dirname}_summary.json``.
+    ``args`` is the command line recorded in the summary (default ``sys.argv``)."""
     outfmt, dirname = _output_args(outfmt, output, output_dirname)
     start = time.perf_counter()
     files = list_input_files(input) if input else None
-    out_dir = Path(output) / dirname if output and files else None
+    out_dir = Path(output) / dirname if output else None
     times, filesinfo, batch, samples = _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
-    summary = summarise(times, batch, dict(args or {}), filesinfo, backend=session.name)
+    summary = summarise(times, batch, command_line(args), filesinfo, backend=session.name)
     summary["e2e"] = end_to_end(time.perf_counter() - start, samples)
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
@@ -212,15 +253,20 @@ def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", b
     return summary
 
 
+def infer_opened(open_session, **kwargs):
+    """``infer`` on a session opened here and closed afterwards (an OM's device context is released)."""
+    session = open_session()
+    try:
+        return infer(session, **kwargs)
+    finally:
+        session.close()
+
+
 def split_among_devices(files, devices):
-    """Contiguous shares of the input files, one per device, as ais_bench splits them."""
-    share, extra = divmod(len(files), len(devices))
-    shares, start = [], 0
-    for index in range(len(devices)):
-        end = start + share + (1 if index < extra else 0)
-        shares.append(files[start:end])
-        start = end
-    return shares
+    """ais_bench's split: chunks of ceil(n / devices) files in device order, the last device the rest
+    (10 files on 3 devices: 4, 4, 2)."""
+    chunk = math.ceil(len(files) / len(devices))
+    return [files[index * chunk:(index + 1) * chunk] for index in range(len(devices))]
 
 
 def _run_on_device(job):
@@ -229,13 +275,24 @@ def _run_on_device(job):
 
     session_args, device, files, out_dir, batchsize, outfmt, loop, warmup_count = job
     session = open_session(device=device, **session_args)
-    return (device,) + _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    start = time.time()
+    try:
+        return (device,) + _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count) + (start, time.time())
+    finally:
+        session.close()
 
 
-def infer_devices(session_args, devices, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=1,
+def devices_summary_path(output, dirname):
+    """The kit's own file for a multi-device run's summed figures (ais_bench writes none)."""
+    return Path(output) / f"{dirname}_devices.json"
+
+
+def infer_devices(session_args, devices, input=None, output=None, output_dirname=None, outfmt="BIN", batchsize=None,
                   loop=1, warmup_count=1, args=None):
     """ais_bench ``--device 0,1,…``: one process per device over its share of the inputs, outputs in
-    ``output/dirname/device{N}/``, per-device summaries and their summed throughput."""
+    ``output/dirname/device{N}/`` with ``output/dirname/device{N}_summary.json`` beside each, the
+    ``i:… device_… throughput:…`` lines and the summed ``summary throughput``; the kit's aggregate
+    goes to ``output/{dirname}_devices.json``."""
     outfmt, dirname = _output_args(outfmt, output, output_dirname)
     files = list_input_files(input) if input else None
     shares = split_among_devices(files, devices) if files else [None] * len(devices)
@@ -247,15 +304,19 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
         results = pool.map(_run_on_device, jobs)
     wall = time.perf_counter() - start
     per_device = {}
-    for device, times, filesinfo, batch, _ in results:
-        per_device[str(device)] = summarise(times, batch, dict(args or {}, device=device), filesinfo, "ascend")
-        print(f"[INFO] device {device}:")
+    for device, times, filesinfo, batch, _, _, _ in results:
+        per_device[str(device)] = summarise(times, batch, command_line(args), filesinfo, "ascend")
         print("\n".join(summary_lines(per_device[str(device)])))
+        if root:
+            write_json(root / f"device{device}_summary.json", per_device[str(device)])
+    for index, (device, *_, begin, end) in enumerate(results):
+        print(f"i:{index} device_{device} throughput:{per_device[str(device)]['throughput']} start_time:{begin} "
+              f"end_time:{end}")
     total = sum(summary["throughput"] for summary in per_device.values())
     print(f"[INFO] summary throughput:{total}")
-    summary = {"throughput": total, "batchsize": results[0][3], "devices": per_device, "args": dict(args or {}),
-               "latency_ms": latency_percentiles([t for _, times, _, _, _ in results for t in times]),
-               "e2e": end_to_end(wall, sum(samples for *_, samples in results))}
+    summary = {"throughput": total, "batchsize": results[0][3], "devices": per_device, "args": command_line(args),
+               "latency_ms": latency_percentiles([t for _, times, *_ in results for t in times]),
+               "e2e": end_to_end(wall, sum(result[4] for result in results))}
     if output:
-        write_json(Path(output) / f"{dirname}_summary.json", summary)
+        write_json(devices_summary_path(output, dirname), summary)
     return summary

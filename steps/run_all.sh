@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Steps 1-7 in order; configuration: see steps/common.sh.
+# Steps 1-7 in order; configuration: see steps/common.sh. A step that exits 1 (a failed check, its
+# outputs written) does not stop the later steps, but the run exits 1; any other failure stops it.
 source "$(dirname "$0")/common.sh"
+status=0
 for step in "$STEPS_DIR"/[1-7]_*.sh; do
-    bash "$step"
+    bash "$step" || { rc=$?; [ "$rc" -eq 1 ] || exit "$rc"; status=1; }
 done
 echo "results: $OUT/report.md, $OUT/results.json, $OUT/throughput.png"; echo
 cat "$OUT/recall.md" "$OUT"/accuracy_vs_torch.md "$OUT"/throughput_*.md 2>/dev/null || true
+exit "$status"

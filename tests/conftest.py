@@ -1,5 +1,6 @@
 """Shared fixtures: the bundled tiny model, a small generated sample set, its arrays and ONNX files."""
 
+import numpy as np
 import pytest
 
 from openclip_ascend.export import export_model
@@ -31,3 +32,28 @@ def tiny_onnx(tiny_model, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("models") / "tiny"
     export_model(tiny_model, prefix)
     return prefix
+
+
+def _recall_gap_explained(run_a, run_b, manifest):
+    """Whether two runs' recall differs only where float rounding can decide: per metric, the hits may
+    differ by at most the number of queries whose hit flips when every score moves by the largest score
+    difference between the two runs (near-ties; another CPU or runtime rounds them the other way)."""
+    from openclip_ascend.dataset import Manifest
+    from openclip_ascend.metrics import _scores, evaluate_retrieval, fragile_queries
+    from openclip_ascend.postprocess import read_embedding_dir
+
+    m = Manifest.load(manifest)
+    runs = []
+    for run in (run_a, run_b):
+        images, texts = read_embedding_dir(run / "vision"), read_embedding_dir(run / "text")
+        runs.append((np.stack([images[s] for s in m.image_stems]), np.stack([texts[c.stem] for c in m.captions])))
+    owners = [c.image for c in m.captions]
+    tolerance = float(np.abs(_scores(*runs[0]) - _scores(*runs[1])).max()) * 2 + 1e-7
+    fragile = fragile_queries(*runs[0], owners, tolerance=tolerance)
+    a, b = (evaluate_retrieval(*run, owners) for run in runs)
+    return all(abs(a.hits[key] - b.hits[key]) <= fragile[key] for key in a.hits), fragile
+
+
+@pytest.fixture(scope="session")
+def recall_gap_explained():
+    return _recall_gap_explained

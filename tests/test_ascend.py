@@ -34,7 +34,7 @@ def forget_ais_bench(monkeypatch):
 def tools(monkeypatch, tmp_path):
     """Stand-ins on PATH and PYTHONPATH; returns a reader of their recorded calls."""
     log = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{ROOT}")
     monkeypatch.setenv("FAKE_TOOL_LOG", str(log))
     monkeypatch.setenv("FAKE_NPU_SMI_OUTPUT", str(NPU_SMI / "910B4.txt"))
@@ -152,13 +152,66 @@ def test_one_failing_batch_size_does_not_stop_the_others(tools, tiny_onnx, tmp_p
 
 def test_dynamic_batch_and_precision(tools, tiny_onnx, tmp_path):
     result = convert("--onnx-prefix", str(tiny_onnx), "--towers", "text", "--batch-sizes", "1,4,8", "--dynamic-batch",
-                     "--precision-mode", "must_keep_origin_dtype", "--soc-version", "Ascend310P3",
+                     "--precision-mode", "must_keep_origin_dtype", "--soc-version", "Ascend910B3",
                      "--output-dir", str(tmp_path), "--tag", "fp32")
     assert result.returncode == 0, result.stderr
     (call,) = tools("atc")
     assert "--input_shape=text:-1,77" in call["argv"] and "--dynamic_batch_size=1,4,8" in call["argv"]
-    assert "--precision_mode=must_keep_origin_dtype" in call["argv"] and "--soc_version=Ascend310P3" in call["argv"]
+    assert "--precision_mode=must_keep_origin_dtype" in call["argv"] and "--soc_version=Ascend910B3" in call["argv"]
     assert (tmp_path / "tiny_text_dynbs_fp32.om").is_file() and tools("npu-smi") == []
+
+
+def test_one_gear_is_refused_before_atc(tools, tiny_onnx, tmp_path):
+    result = convert("--onnx-prefix", str(tiny_onnx), "--batch-sizes", "8", "--dynamic-batch", "--output-dir",
+                     str(tmp_path))
+    assert result.returncode == 2 and tools("atc") == []
+    assert "atc needs 2 to 100 distinct gears (E10035)" in result.stderr and result.stderr.count("\n") == 1
+    (job,) = plan_jobs(tiny_onnx, ["text"], [1, 8], "Ascend910B4", tmp_path, dynamic_batch=True)
+    job.command[-1] = "--dynamic_batch_size=8"  # what the kit no longer writes: the stand-in refuses it as atc does
+    assert run_jobs([job])[0].error.startswith("E10035")
+
+
+def test_310p_has_no_fp32_preset_and_keeps_only_vector_ops(tools, tiny_onnx, tmp_path):
+    for mode in ("fp32", "must_keep_origin_dtype"):
+        with pytest.raises(KitError, match="310P has no fp32 Cube path.*use mixed"):
+            plan_jobs(tiny_onnx, ["vision"], [4], "Ascend310P3", tmp_path, precision_mode=mode)
+    onnx_ops = {node.name: node.op_type for node in __import__("onnx").load(str(onnx_path(tiny_onnx, "vision"))).graph.node}
+    (on_310p,) = plan_jobs(tiny_onnx, ["vision"], [4], "Ascend310P3", tmp_path, precision_mode="mixed")
+    (on_910b,) = plan_jobs(tiny_onnx, ["vision"], [4], "Ascend910B4", tmp_path, precision_mode="mixed")
+    cube = {"MatMul", "Gemm", "Conv"}
+    assert not {onnx_ops[name] for name in on_310p.keep_dtype} & cube
+    assert {onnx_ops[name] for name in on_910b.keep_dtype} & cube  # the head's projection, kept on 910B
+    assert {"LayerNormalization", "Softmax"} & {onnx_ops[name] for name in on_310p.keep_dtype} or \
+        any("/ln_" in name for name in on_310p.keep_dtype)
+
+
+def test_keep_dtype_names_must_be_nodes_of_the_graph(tools, tiny_onnx, tmp_path, monkeypatch):
+    (job,) = plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path, precision_mode="mixed")
+    job.keep_dtype.append("/transformer/resblocks.99/ln_1/ReduceMean")
+    with pytest.raises(KitError, match=r"names 1 nodes not in this graph \(first: /transformer/resblocks\.99"):
+        run_jobs([job])
+    monkeypatch.setenv("FAKE_ATC_OLD", "1")  # what CANN 6-7.0 does with it: fail the whole compile
+    job.keep_dtype.pop()
+    assert run_jobs([job])[0].status == "ok"
+
+
+def test_external_data_must_be_beside_the_graph(tools, tiny_model, tmp_path, monkeypatch):
+    import openclip_ascend.export as export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    export.export_model(tiny_model, tmp_path / "big", towers=("text",), check=False)
+    assert plan_jobs(tmp_path / "big", ["text"], [1], "Ascend910B4", tmp_path)
+    export.external_data_path(onnx_path(tmp_path / "big", "text")).unlink()
+    with pytest.raises(KitError, match=r"big_text\.onnx\.data: missing beside .*big_text\.onnx"):
+        plan_jobs(tmp_path / "big", ["text"], [1], "Ascend910B4", tmp_path)
+
+
+@pytest.mark.parametrize("opset", [10, 18, 19])
+def test_opsets_atc_cannot_parse_are_refused(tiny_model, tmp_path, opset):
+    from openclip_ascend.export import export_model
+
+    with pytest.raises(KitError, match=rf"--opset {opset}: choose 11–17"):
+        export_model(tiny_model, tmp_path / "m", opset=opset)
 
 
 def test_precision_presets_per_tower(tools, tiny_onnx, tmp_path):
@@ -220,12 +273,21 @@ def test_ten_files_at_batch_four_through_infer_session(oms, tiny_onnx, prep_dir,
     assert summary["throughput"] == pytest.approx(4000 / summary["NPU_compute_time"]["mean"])
 
 
-def test_dynamic_batch_gear(oms, prep_dir, tmp_path):
+def test_dynamic_batch_gear(oms, prep_dir, tmp_path, tools):
     session = open_session("auto", str(oms["text_dyn"]), dym_batch=8)
     summary = infer(session, input=str(prep_dir / "texts"), output=str(tmp_path), output_dirname="t", outfmt="NPY")
+    session.close()
     assert summary["batchsize"] == 8 and len(list((tmp_path / "t").glob("*_0.npy"))) == 50
-    with pytest.raises(RuntimeError, match="not a gear"):
+    # the real back end answers a bad gear with a bare [ACL: general failure]; the kit checks first
+    with pytest.raises(KitError, match=r"a dynamic-batch OM \(its gears are 1,4,8\); --dymBatch 3 is not one of them"):
         open_session("auto", str(oms["text_dyn"]), dym_batch=3)
+    with pytest.raises(KitError, match=r"its gears are 1,4,8\); it needs --dymBatch N"):
+        open_session("auto", str(oms["text_dyn"]))  # the back end reports -1 as the batch
+    om_elsewhere = tmp_path / "copied_dynbs.om"  # no .atc.json beside it: the gears are not known
+    om_elsewhere.write_bytes(Path(oms["text_dyn"]).read_bytes())
+    with pytest.raises(KitError, match=r"--dymBatch 3: .* refused it \(\[-1\]\[ACL: general failure\]\)"):
+        open_session("auto", str(om_elsewhere), dym_batch=3)
+    assert len(tools("finalize")) == 4  # every session the kit opened released its device, refused ones too
 
 
 def test_multi_device_split(oms, prep_dir, tmp_path, capsys):
@@ -238,29 +300,101 @@ def test_multi_device_split(oms, prep_dir, tmp_path, capsys):
     assert total == pytest.approx(summary["throughput"])
 
 
-def test_recall_through_om_equals_onnx_runtime(oms, tiny_onnx, prep_dir, tmp_path):
+def test_recall_through_om_equals_onnx_runtime(oms, tiny_onnx, prep_dir, tmp_path, recall_gap_explained):
     for name, model in (("om", oms), ("onnx", None)):
         for tower, folder in (("vision", "images"), ("text", "texts")):
             session = open_session("auto", str(model[f"{tower}_4"]) if model else str(onnx_path(tiny_onnx, tower)))
             infer(session, input=str(prep_dir / folder), output=str(tmp_path / name), output_dirname=tower,
                   outfmt="NPY", batchsize=4)
-    om_metrics, _ = evaluate_folders(tmp_path / "om" / "vision", tmp_path / "om" / "text", prep_dir / "manifest.json")
-    onnx_metrics, _ = evaluate_folders(tmp_path / "onnx" / "vision", tmp_path / "onnx" / "text",
-                                       prep_dir / "manifest.json")
-    assert om_metrics == onnx_metrics
+    explained, _ = recall_gap_explained(tmp_path / "om", tmp_path / "onnx", prep_dir / "manifest.json")
+    assert explained
 
 
 @pytest.mark.parametrize("wording", [0, 1, 2])
 def test_pass_through_parses_every_wording(oms, prep_dir, tmp_path, monkeypatch, tools, wording):
     monkeypatch.setenv("FAKE_AIS_BENCH_WORDING", str(wording))
-    cmd = aisbench.command(oms["vision_4"], str(prep_dir / "images"), str(tmp_path), "pt", "NPY", batchsize=4)
+    cmd = aisbench.command(oms["vision_4"], input=str(prep_dir / "images"), output=str(tmp_path),
+                           output_dirname="pt", outfmt="NPY")
     assert cmd[1:] == ["-m", "ais_bench", "--model", str(oms["vision_4"]), "--input", str(prep_dir / "images"),
-                       "--output", str(tmp_path), "--output_dirname", "pt", "--outfmt", "NPY", "--batchsize", "4",
-                       "--device", "0"]
+                       "--output", str(tmp_path), "--output_dirname", "pt", "--outfmt", "NPY"]
     result = aisbench.run(cmd, str(tmp_path), "pt")
-    assert result["throughput"] == pytest.approx(result["summary"]["throughput"])
+    assert result["throughput"] == pytest.approx(result["summaries"]["0"]["throughput"])
+    # no --batchsize given: the tool takes the model's batch, 4
     assert result["lines"][0]["batchsize"] == 4 and len(list((tmp_path / "pt").glob("*_0.npy"))) == 10
     assert tools("ais_bench")[0]["argv"][:2] == ["--model", str(oms["vision_4"])]
+
+
+def infer_cli(*flags, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "openclip_infer.py"), *map(str, flags)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def test_via_ais_bench_reports_the_models_batch(oms, tmp_path, tools):
+    """A batch-4 OM: the kit used to pass --batchsize 1, and the tool then printed a quarter of the truth."""
+    result = infer_cli("--model", oms["vision_4"], "--loop", 5, "--via-ais-bench")
+    assert result.returncode == 0, result.stderr
+    (call,) = tools("ais_bench")
+    assert call["argv"] == ["--model", str(oms["vision_4"]), "--batchsize", "4", "--loop", "5"]
+    (line,) = aisbench.parse_throughput(result.stdout)[0]
+    assert line["batchsize"] == 4 and line["throughput"] == pytest.approx(4000 / line["compute_ms"])
+
+
+def test_multi_device_layout_matches_ais_bench(oms, prep_dir, tmp_path, tools):
+    """10 files on 3 devices: chunks of ceil(10 / 3) = 4, 4, 2; one ordinary summary per device inside the
+    output folder, none beside it; the kit's own totals in a file of its own name."""
+    folder = tmp_path / "ten"
+    folder.mkdir()
+    for path in sorted((prep_dir / "images").glob("*.npy")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    kit = infer_cli("--model", oms["vision_4"], "--input", folder, "--output", tmp_path / "kit", "--output_dirname",
+                    "v", "--outfmt", "NPY", "--device", "0,1,2")
+    real = infer_cli("--model", oms["vision_4"], "--input", folder, "--output", tmp_path / "real", "--output_dirname",
+                     "v", "--outfmt", "NPY", "--device", "0,1,2", "--via-ais-bench")
+    for result, root in ((kit, tmp_path / "kit"), (real, tmp_path / "real")):
+        assert result.returncode == 0, result.stderr
+        counts = [len(list((root / "v" / f"device{d}").glob("*_0.npy"))) for d in range(3)]
+        assert counts == [4, 4, 2]
+        assert sorted(p.name for p in (root / "v").glob("*_summary.json")) == [f"device{d}_summary.json"
+                                                                              for d in range(3)]
+        assert not (root / "v_summary.json").exists()
+        summaries = [json.loads((root / "v" / f"device{d}_summary.json").read_text()) for d in range(3)]
+        assert [len(s["filesinfo"]) for s in summaries] == [4, 4, 2]
+        lines = [line for line in result.stdout.splitlines() if line.startswith("i:")]
+        assert [line.split()[:2] for line in lines] == [["i:0", "device_0"], ["i:1", "device_1"], ["i:2", "device_2"]]
+        total = aisbench.parse_throughput(result.stdout)[1]
+        assert total == pytest.approx(sum(s["throughput"] for s in summaries))
+    assert json.loads((tmp_path / "kit" / "v_devices.json").read_text())["throughput"] == pytest.approx(
+        aisbench.parse_throughput(kit.stdout)[1])
+
+
+def test_stand_in_times_every_batch_loop_times(oms, prep_dir, tmp_path, tools):
+    infer_cli("--model", oms["vision_4"], "--input", prep_dir / "images", "--output", tmp_path, "--output_dirname",
+              "l", "--loop", 3, "--via-ais-bench")
+    saved = json.loads((tmp_path / "l_summary.json").read_text())
+    assert saved["NPU_compute_time"]["count"] == 3 * 3  # 10 files at batch 4: 3 batches, each run 3 times
+    assert set(saved) == {"filesinfo", "args", "NPU_compute_time", "H2D_latency", "D2H_latency", "throughput",
+                          "npu_compute_time_list", "pid"}
+
+
+def test_busy_npu_is_said_before_timing(oms, tmp_path, tools, monkeypatch):
+    monkeypatch.setenv("FAKE_NPU_SMI_OUTPUT", str(NPU_SMI / "910B3_alarm_with_process.txt"))
+    warned = infer_cli("--model", oms["vision_4"], "--loop", 2)
+    assert warned.returncode == 0
+    assert ("warning: NPU device 0 is busy (running python3 (pid 41235, 27356 MB); AI Core 12% busy)"
+            in warned.stderr)
+    idle = infer_cli("--model", oms["vision_4"], "--loop", 2, "--device", "1", "--require-idle")
+    assert idle.returncode == 0 and "busy" not in idle.stderr
+    stopped = infer_cli("--model", oms["vision_4"], "--loop", 2, "--require-idle")
+    assert stopped.returncode == 2 and stopped.stderr.startswith("error: NPU device 0 is busy")
+    assert "drop --require-idle" in stopped.stderr and tools("InferSession")[-1]["device_id"] == 1
+
+
+def test_acl_datatype_names_are_all_mapped():
+    from openclip_ascend.backends import _ACL_DTYPES
+
+    names = "float32 float16 int8 int32 uint8 int16 uint16 uint32 int64 uint64 double bool".split()
+    assert sorted(_ACL_DTYPES) == sorted(names)
+    assert _ACL_DTYPES["double"] == np.float64 and _ACL_DTYPES["uint64"] == np.uint64
 
 
 def test_impostor_ais_bench_is_named(monkeypatch, tmp_path):

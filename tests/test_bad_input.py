@@ -317,3 +317,84 @@ def test_error_exit_code_and_one_line_first(tmp_path):
                              "--save-dir", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and ANNOTATION_FILE in result.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize("on_error", ["stop", "skip"])
+@pytest.mark.parametrize("names", [("2000.jpg", "2000.png"), ("3000.v1.jpg", "3000.v2.jpg")])
+def test_two_images_with_one_stem_stop_before_anything_is_written(tmp_path, names, on_error):
+    folder = make_data(tmp_path / "d", {"1.jpg": jpeg_bytes(), names[0]: jpeg_bytes((50, 30)), names[1]: jpeg_bytes()})
+    stem = names[0].split(".")[0]
+    with pytest.raises(KitError, match=rf"{names[0]} and .*{names[1]}: both would become images/{stem}\.npy"):
+        preprocess(folder, tmp_path / "out", on_error=on_error)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.npy"))
+
+
+def test_two_inputs_with_one_output_name_are_refused(tiny_onnx, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.v1.npy", "a.v2.npy"):
+        np.save(folder / name, np.zeros((1, 77), dtype=np.int64))
+    with pytest.raises(KitError, match=r"a\.v1\.npy and .*a\.v2\.npy: both would write the output a_0"):
+        infer(OnnxRuntimeSession(onnx_path(tiny_onnx, "text")), input=str(folder), output=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_repeated_batch_size_is_refused():
+    from openclip_ascend.cli import csv_ints
+
+    with pytest.raises(KitError, match=r"'1,4,4': 4 appears twice"):
+        csv_ints("1,4,4")
+
+
+WORKER_STOP = """
+import os, signal, sys, time
+from openclip_ascend import cli
+from openclip_ascend.preprocess import worker_pool
+from openclip_ascend.transforms import PreprocessConfig
+
+signal.signal(signal.SIGTERM, cli._terminate)  # what every script installs through cli.run
+pool = worker_pool(2, PreprocessConfig(size=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3))
+worker = pool._pool[0]
+pool.apply(time.sleep, (0.1,))  # the workers are up and initialised
+os.kill(worker.pid, signal.SIGTERM)  # what leaving the pool does to every worker
+worker.join(10)
+pool.terminate()
+print(worker.exitcode)
+"""
+
+
+def test_pool_workers_stop_quietly_on_sigterm():
+    """The CLI's SIGTERM handler must not reach the forked workers: leaving the pool ends them with
+    SIGTERM, and with the parent's handler a worker printed a KeyboardInterrupt traceback."""
+    result = subprocess.run([sys.executable, "-c", WORKER_STOP], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == str(-signal.SIGTERM), result.stderr
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr
+
+
+def test_successful_runs_with_workers_print_no_traceback(tmp_path):
+    data = write_sample_dir(tmp_path / "data", count=20, seed=4)
+    for run in range(2):
+        result = subprocess.run([sys.executable, str(ROOT / "openclip_preprocess.py"), "--data-dir", str(data),
+                                 "--save-dir", str(tmp_path / f"out{run}"), "--model-name", TINY_MODEL,
+                                 "--workers", "2"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-1000:]
+        assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-1000:]
+
+
+def test_interrupted_run_with_workers_leaves_nothing_half_written(tmp_path):
+    data = write_sample_dir(tmp_path / "data", count=300, seed=5)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "openclip_preprocess.py"), "--data-dir", str(data),
+                                "--save-dir", str(out), "--model-name", TINY_MODEL, "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and (
+            not (out / "images").is_dir() or len(list((out / "images").glob("*.npy"))) < 10):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()[-500:]
+    assert "Traceback" not in stderr.decode()
+    assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
+    for path in (out / "images").glob("*.npy"):
+        assert np.load(path).shape == (1, 3, 224, 224)

@@ -96,18 +96,56 @@ def test_checkpoint_of_another_model_is_readable_error(tmp_path):
         load_model("ViT-B-32", str(TINY_WEIGHTS))
 
 
-def test_torch2onnx_cli(tmp_path):
+def test_torch2onnx_cli_takes_the_references_flags(tmp_path, sample_dir):
+    import json
     import subprocess
     import sys
 
     from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
 
+    image = sorted(sample_dir.glob("*.jpg"))[0]
     result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
-                             "--pretrained", str(TINY_WEIGHTS), "--onnx-prefix", str(tmp_path / "m")],
+                             "--pretrained", str(TINY_WEIGHTS), "--onnx-prefix", str(tmp_path / "m"),
+                             "--opset-version", "14", "--image", str(image), "--text", "a dog"],
                             capture_output=True, text=True, check=True)
     assert "vision batch 3: max abs diff" in result.stdout and "text batch 1: max abs diff" in result.stdout
+    assert "vision --image: max abs diff" in result.stdout and "text --text: max abs diff" in result.stdout
+    assert result.stderr == ""  # trained weights: no warning
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["random_weights"] is False and report["towers"]["text"]["parity"]["given"]["max_abs_diff"] <= 1e-4
     assert (tmp_path / "m_vision.onnx").is_file() and (tmp_path / "m_text.onnx").is_file()
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_torch2onnx_defaults_are_the_references(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    empty_cache = {"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(root / "openclip_torch2onnx.py")], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, **empty_cache})
+    # the reference's laion2b_s34b_b79k: never random weights by omission, and never a download
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --pretrained laion2b_s34b_b79k: the weights of "
+                                    "ViT-B-32/laion2b_s34b_b79k are not on this machine")
+    assert not (tmp_path / "models").exists()
+
+
+def test_random_weights_only_when_asked_and_never_silently(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from openclip_ascend.models import TINY_MODEL
+
+    result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
+                             "--pretrained", "none", "--onnx-prefix", str(tmp_path / "r"), "--towers", "text"],
+                            capture_output=True, text=True, check=True)
+    assert "warning: --pretrained none: openclip-ascend-tiny gets random weights" in result.stderr
+    assert json.loads(result.stdout[result.stdout.index("{"):])["random_weights"] is True
 
 
 def _flops(module, inputs):

@@ -22,21 +22,28 @@ def demo(tmp_path_factory):
     return out, run_steps(config)
 
 
-def test_demo_recall_floor_and_backend_agreement(demo):
-    _, results = demo
-    by_backend = {(r["backend"], r["batch_size"]): r["metrics"] for r in results["accuracy"]}
+def test_demo_recall_floor_and_backend_agreement(demo, recall_gap_explained):
+    out, results = demo
+    by_backend = {(r["backend"], r["batch_size"]): r for r in results["accuracy"]}
     assert set(by_backend) == {(b, n) for b in ("torch", "onnxruntime", "onnxruntime-int8", "fp16-estimate")
                                for n in (1, 4)}
-    for (backend, batch), metrics in by_backend.items():
+    for (backend, batch), entry in by_backend.items():
+        metrics = entry["metrics"]
+        assert entry["check"] == "passed", (backend, batch)
         if backend in ("onnxruntime-int8", "fp16-estimate"):  # their cost, bounded: recall@5 within 0.01 of fp32
             for key in ("image_retrieval_recall@5", "text_retrieval_recall@5"):
-                assert abs(metrics[key] - by_backend[("onnxruntime", batch)][key]) <= 0.01 + 1e-9, (batch, key)
+                assert abs(metrics[key] - by_backend[("onnxruntime", batch)]["metrics"][key]) <= 0.01 + 1e-9
             continue
-        if backend == "onnxruntime":
-            assert metrics["image_retrieval_recall@5"] >= 0.9, (batch, metrics)
-            assert metrics["text_retrieval_recall@5"] >= 0.9, (batch, metrics)
-        for key, value in metrics.items():
-            assert abs(value - by_backend[("torch", batch)][key]) <= 0.005, (backend, batch, key)
+        # far above chance (0.05) with margin below the 0.918 / 0.940 measured here
+        assert metrics["image_retrieval_recall@5"] >= 0.88, (batch, metrics)
+        assert metrics["text_retrieval_recall@5"] >= 0.88, (batch, metrics)
+        if backend == "onnxruntime":  # the same embeddings up to float rounding, so recall up to near-ties
+            for tower in ("vision", "text"):
+                assert entry["agreement"][tower]["max_abs_diff"] <= 1e-4
+                assert entry["agreement"][tower]["min_cosine"] > 0.99999
+            explained, _ = recall_gap_explained(out / "infer" / f"torch_bs{batch}",
+                                                out / "infer" / f"onnxruntime_bs{batch}", out / "prep" / "manifest.json")
+            assert explained, batch
     assert results["accuracy"][0]["images"] == 100 and results["accuracy"][0]["captions"] == 500
 
 
@@ -67,11 +74,11 @@ def test_auto_backend_without_npu_tools_says_why(monkeypatch, tmp_path):
     assert backend == "onnxruntime" and "npu-smi" in reason and "atc" in reason
 
 
-def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path):
+def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, recall_gap_explained):
     """With npu-smi, atc and ais_bench (stand-ins) present, BACKEND=auto compiles OMs and runs them;
     recall through the OM path equals the ONNX Runtime path's."""
     out = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
            "PYTHON": sys.executable}
@@ -80,9 +87,9 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path):
     assert "backend: ascend (npu-smi, atc and ais_bench found)" in result.stdout
     assert sorted(p.name for p in (out / "models").glob("*.om")) == [
         f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "vision") for b in (1, 4)]
-    ascend = {r["batch_size"]: r["metrics"] for r in json.loads((out / "accuracy.json").read_text())}
-    onnx = {r["batch_size"]: r["metrics"] for r in demo[1]["accuracy"] if r["backend"] == "onnxruntime"}
-    assert ascend == onnx
+    for batch in (1, 4):  # the stand-in OM runs the same ONNX: equal recall up to near-ties
+        assert recall_gap_explained(out / "infer" / f"ascend_bs{batch}", demo[0] / "infer" / f"onnxruntime_bs{batch}",
+                                    out / "prep" / "manifest.json")[0]
     assert (out / "throughput_ascend.md").is_file()
 
 
@@ -100,10 +107,10 @@ def test_accuracy_comparison_and_report(demo):
         assert needle in report, needle
 
 
-def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path):
+def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap_explained):
     """DYNAMIC_BATCH=1, DEVICES=0,1 and PRECISION=mixed through the shell steps on the stand-in tools."""
     out = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/310P3_two_cards.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
            "DYNAMIC_BATCH": "1", "DEVICES": "0,1", "PRECISION": "mixed", "PYTHON": sys.executable}
@@ -113,9 +120,9 @@ def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path):
         "openclip_ascend_tiny_text_dynbs.om", "openclip_ascend_tiny_vision_dynbs.om"]
     assert (out / "models" / "openclip_ascend_tiny_vision_dynbs.keep_dtype.cfg").is_file()
     assert len(list((out / "infer" / "ascend_bs4" / "vision" / "device1").glob("*_0.npy"))) == 50
-    ascend = {r["batch_size"]: r["metrics"] for r in json.loads((out / "accuracy.json").read_text())}
-    onnx = {r["batch_size"]: r["metrics"] for r in demo[1]["accuracy"] if r["backend"] == "onnxruntime"}
-    assert ascend == onnx
+    for batch in (1, 4):
+        assert recall_gap_explained(out / "infer" / f"ascend_bs{batch}", demo[0] / "infer" / f"onnxruntime_bs{batch}",
+                                    out / "prep" / "manifest.json")[0]
     performance = json.loads((out / "performance.json").read_text())
     devices = performance["per_device"]["ascend"]["4"]["vision"]
     assert set(devices) == {"0", "1"}
@@ -147,3 +154,41 @@ def test_accuracy_step_reads_each_embedding_folder_once(demo, monkeypatch):
     assert [(e["backend"], e["batch_size"]) for e in again] == [(e["backend"], e["batch_size"])
                                                                for e in results["accuracy"]]
     assert again == results["accuracy"]
+
+
+def test_a_collapsed_backend_fails_the_check_everywhere(demo, tmp_path):
+    """A finite but constant output (an fp16 collapse passes the NaN check) must not look good anywhere."""
+    import shutil
+
+    import numpy as np
+
+    out = tmp_path / "run"
+    shutil.copytree(demo[0], out)
+    for path in (out / "infer" / "onnxruntime_bs4").rglob("*_0.npy"):
+        np.save(path, np.full((1, 64), 0.125, dtype=np.float32))
+    result = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--output-dir", str(out), "--steps",
+                             "5,7", "--batch-sizes", "1,4", "--backend", "onnxruntime", "--int8", "--fp16-estimate"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "WARNING: accuracy check FAILED for onnxruntime bs4: degenerate embeddings" in result.stderr
+    assert "accuracy check FAILED for onnxruntime bs4" in result.stderr.splitlines()[-1]
+    saved = json.loads((out / "results.json").read_text())
+    checks = {(e["backend"], e["batch_size"]): e["check"] for e in saved["accuracy"]}
+    assert checks[("onnxruntime", 4)] == "failed" and checks[("onnxruntime", 1)] == "passed"
+    collapsed = next(e for e in saved["accuracy"] if e["backend"] == "onnxruntime" and e["batch_size"] == 4)
+    assert collapsed["metrics"]["image_retrieval_recall@5"] == 0.0  # was 1.0 when ties went to the positive
+    assert "| onnxruntime | 4 |" in (out / "recall.md").read_text()
+    assert "**FAILED**: degenerate embeddings" in (out / "recall.md").read_text()
+    assert "**Accuracy check FAILED** for onnxruntime bs4" in (out / "report.md").read_text()
+
+
+def test_random_weights_are_recorded_and_shown(tmp_path, capsys):
+    from openclip_ascend.models import DEFAULT_PRETRAINED
+    from openclip_ascend.report import write_report
+
+    assert RunConfig(tmp_path, model_name="ViT-B-32").pretrained == DEFAULT_PRETRAINED  # never random by omission
+    config = RunConfig(tmp_path, pretrained="none", backend="onnxruntime")
+    results = run_steps(config, [7])
+    assert results["random_weights"] is True
+    assert json.loads((tmp_path / "results.json").read_text())["random_weights"] is True
+    assert "**Random weights** (`--pretrained none`)" in write_report(tmp_path).read_text()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from openclip_ascend.dataset import Manifest
 from openclip_ascend.files import KitError
 from openclip_ascend.metrics import retrieval_metrics
 from openclip_ascend.postprocess import evaluate_folders, read_embedding_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -46,7 +49,7 @@ def test_manifest_and_name_pairing_agree(layout):
     m = Manifest.load(manifest)
     images = np.stack([np.load(vision / f"{s}_0.npy")[0] for s in m.image_stems])
     texts = np.stack([np.load(text / f"{c.stem}_0.npy")[0] for c in m.captions])
-    assert with_manifest == retrieval_metrics(images, texts, [c.image for c in m.captions])
+    assert with_manifest.metrics == retrieval_metrics(images, texts, [c.image for c in m.captions])
 
 
 def test_summary_files_are_not_outputs(layout):
@@ -69,14 +72,65 @@ def test_width_mismatch_is_refused(layout):
         evaluate_folders(vision, text, manifest)
 
 
-def test_cli_prints_reference_line_and_writes_json(layout, tmp_path):
+def test_cli_prints_reference_line_last_and_writes_json(layout, tmp_path):
     vision, text, manifest = layout
     results = tmp_path / "recall.json"
     out = subprocess.run([sys.executable, "openclip_postprocess.py", "--vision-embeds", str(vision),
                           "--text-embeds", str(text), "--manifest", str(manifest), "--results-file", str(results)],
                          capture_output=True, text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("Metrics: "))
-    assert "'image_retrieval_recall@5'" in line and "'text_retrieval_recall@5'" in line
     saved = json.loads(results.read_text())
-    assert set(saved) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
-    assert saved == evaluate_folders(vision, text, manifest)[0]
+    result, _ = evaluate_folders(vision, text, manifest)
+    assert saved["metrics"] == result.metrics and saved["check"] == "passed"
+    assert set(saved["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
+    lines = out.rstrip("\n").split("\n")
+    assert lines[-2] == ""  # the reference prints an empty line, then the Metrics line, and nothing after it
+    assert lines[-1] == ("Metrics: {'image_retrieval_recall@5': %r, 'text_retrieval_recall@5': %r}"
+                         % (saved["metrics_float32"]["image_retrieval_recall@5"],
+                            saved["metrics_float32"]["text_retrieval_recall@5"]))
+
+
+def test_metrics_line_is_the_references_float32_text():
+    from openclip_ascend.metrics import RetrievalResult
+    from openclip_ascend.reports import metrics_line
+
+    keys = ("image_retrieval_recall@5", "text_retrieval_recall@5")
+    result = RetrievalResult(metrics={k: 0.0 for k in keys}, hits=dict(zip(keys, (4421, 962))),
+                             queries=dict(zip(keys, (5000, 1000))))
+    # torch's float32 mean widened to a Python float prints 0.9620000123977661; the ModelZoo README's
+    # copy of the line shows 0.962000012397766 (one digit short, not a float32 value widened)
+    assert metrics_line(result) == ("Metrics: {'image_retrieval_recall@5': 0.8841999769210815, "
+                                    "'text_retrieval_recall@5': 0.9620000123977661}")
+    result.hits = dict(zip(keys, (459, 459)))
+    result.queries = dict(zip(keys, (500, 500)))
+    assert "0.9179999828338623" in metrics_line(result)
+
+
+def test_cli_defaults_are_the_references(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "openclip_postprocess.py")], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: om_outputs/vision_embed_bs8: embedding folder not found; point it at "
+                                  "ais_bench's --output/--output_dirname")
+
+
+def test_collapsed_outputs_fail_loudly(layout, tmp_path):
+    vision, text, manifest = layout
+    for path in list(vision.glob("*_0.npy")) + list(text.glob("*_0.npy")):
+        np.save(path, np.full((1, 8), 0.3, dtype=np.float32))  # finite, so the NaN check cannot catch it
+    out = subprocess.run([sys.executable, "openclip_postprocess.py", "--vision-embeds", str(vision),
+                          "--text-embeds", str(text), "--manifest", str(manifest)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "WARNING: accuracy check FAILED" in out.stderr and "degenerate embeddings" in out.stderr
+    # 4 images: recall@5 of text→image is 1 whatever the model; at k=1 ties decide everything
+    assert out.stdout.splitlines()[-1] == ("Metrics: {'image_retrieval_recall@5': 1.0, "
+                                           "'text_retrieval_recall@5': 0.0}")
+    assert ("exact ties, counted against the positive, lower image_retrieval_recall@1 0.0000 (1.0000 if they went "
+            "to the positive; 8 of 8 queries)") in out.stdout
+
+
+def test_two_outputs_for_one_input_are_refused(layout):
+    vision, _, _ = layout
+    (vision / "device1").mkdir()
+    np.save(vision / "device1" / "40_0.npy", np.zeros((1, 8), dtype=np.float32))
+    with pytest.raises(KitError, match=r"40_0.npy and .*device1/40_0.npy: two outputs for input '40'"):
+        read_embedding_dir(vision)

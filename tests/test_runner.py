@@ -66,7 +66,11 @@ def test_ten_files_at_batch_four(tiny_onnx, ten_images, tmp_path):
     assert set(saved["NPU_compute_time"]) == {"min", "max", "mean", "median", "percentile(99%)", "count"}
     assert {"H2D_latency", "D2H_latency", "throughput", "filesinfo", "args"} <= set(saved)
     assert saved["throughput"] == pytest.approx(1000 * 4 / saved["NPU_compute_time"]["mean"])
-    assert saved["filesinfo"]["2"]["infiles"][-1].endswith("img9.npy") and len(saved["filesinfo"]["2"]["outfiles"]) == 2
+    # ais_bench's filesinfo: one entry per input file, sample id = batch index × files per batch + j
+    assert sorted(saved["filesinfo"], key=int) == [str(i) for i in range(10)]
+    assert saved["filesinfo"]["9"] == {"infiles": [str(ten_images / "img9.npy")],
+                                       "outfiles": [str(tmp_path / "out" / "vision" / "img9_0.npy")]}
+    assert isinstance(saved["args"], list)  # the command line, as sys.argv
     assert summary["throughput"] == saved["throughput"]
 
 
@@ -74,7 +78,9 @@ def test_pure_inference_loop(tiny_onnx, capsys, tmp_path):
     session = OnnxRuntimeSession(onnx_path(tiny_onnx, "text"))
     summary = infer(session, loop=5, batchsize=3, output=str(tmp_path), output_dirname="pure")
     assert summary["NPU_compute_time"]["count"] == 5 and summary["batchsize"] == 3
-    assert not (tmp_path / "pure").exists() and (tmp_path / "pure_summary.json").is_file()
+    assert (tmp_path / "pure_summary.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "pure").iterdir()) == ["pure_infer_data_0.bin"]  # as ais_bench saves it
+    assert np.fromfile(tmp_path / "pure" / "pure_infer_data_0.bin", dtype=np.float32).size == 3 * 64
     match = THROUGHPUT.search(capsys.readouterr().out)
     assert match and float(match.group(1)) == 3
     assert float(match.group(3)) == pytest.approx(1000 * 3 / float(match.group(2)))
@@ -122,3 +128,41 @@ def test_cli_error_is_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.onnx" in result.stderr
+
+
+def test_txt_outputs_are_written_as_ais_bench_writes_them(tiny_onnx, ten_images, tmp_path):
+    session = OnnxRuntimeSession(onnx_path(tiny_onnx, "vision"))
+    infer(session, input=str(ten_images / "img3.npy"), output=str(tmp_path), output_dirname="t", outfmt="TXT")
+    text = (tmp_path / "t" / "img3_0.txt").read_text()
+    values = text.split("\n")[0].split(" ")
+    assert text.endswith(" \n") and text.count("\n") == 1  # one row of the last axis, a space before the newline
+    assert len(values) == 65 and values[-1] == "" and all(len(v.split(".")[1]) == 6 for v in values[:-1])  # %f
+    assert np.allclose(np.loadtxt(tmp_path / "t" / "img3_0.txt"), session.run(np.load(ten_images / "img3.npy"))[0],
+                       atol=1e-6)
+
+
+def test_bin_inputs_take_the_models_dtype(tiny_onnx, ten_images, tmp_path):
+    folder = tmp_path / "bins"
+    folder.mkdir()
+    for i, suffix in ((1, ".bin"), (2, ".BIN"), (3, ".NPY")):
+        array = np.load(ten_images / f"img{i}.npy")
+        if suffix == ".NPY":
+            np.save(folder / f"img{i}.npy", array)
+            (folder / f"img{i}.npy").rename(folder / f"img{i}{suffix}")
+        else:
+            array.tofile(folder / f"img{i}{suffix}")
+    session = OnnxRuntimeSession(onnx_path(tiny_onnx, "vision"))
+    infer(session, input=str(folder), output=str(tmp_path), output_dirname="b", outfmt="NPY", batchsize=2)
+    for i in (1, 2, 3):
+        expected = session.run(np.load(ten_images / f"img{i}.npy"))
+        assert np.allclose(np.load(tmp_path / "b" / f"img{i}_0.npy"), expected, atol=1e-5)
+    (folder / "img1.bin").write_bytes(b"\0" * 12)
+    with pytest.raises(KitError, match=r"img1\.bin: 12 bytes are not whole samples"):
+        infer(session, input=str(folder), output=str(tmp_path), output_dirname="c")
+
+
+def test_split_among_devices_is_ais_bench_s():
+    from openclip_ascend.runner import split_among_devices
+
+    assert [len(share) for share in split_among_devices(list(range(10)), [0, 1, 2])] == [4, 4, 2]
+    assert split_among_devices(list(range(4)), [3, 5]) == [[0, 1], [2, 3]]

@@ -1,10 +1,24 @@
-"""Stand-in for `python3 -m ais_bench`: the reference flags and output layout, over InferSession."""
+"""Stand-in for `python3 -m ais_bench` (Ascend/tools, ais-bench_workload/tool/ais_bench), over the
+InferSession stand-in, doing what the reference file documents the real front end does:
+
+--batchsize only feeds the throughput figure and, absent, comes from the model (static first axis or
+--dymBatch); with inputs every batch is executed --loop times; files are natural-sorted, stacked
+model-batch / file-batch at a time, the short last batch padded with its first file (run, timed, not
+saved); outputs ``{stem}_{i}.{fmt}`` (TXT: rows of ``%f`` values, space-separated); pure inference with
+--output writes ``pure_infer_data_0.{fmt}``; the summary JSON (filesinfo per input file, args as a list)
+lands at ``O/D_summary.json``; --device 0,1 runs one process per device over chunks of ceil(n / devices)
+files into ``O/D/device{N}/`` with ``O/D/device{N}_summary.json`` each, then prints
+``i:… device_… throughput:…`` per device and ``[INFO] summary throughput:…``.
+"""
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import re
 import sys
+import time
 
 import numpy as np
 
@@ -18,53 +32,142 @@ WORDINGS = (
     "[INFO] throughput 1000*batchsize({b})/NPU_compute_time.mean({t}): {f}",
     "[INFO] Throughput 1000*batchsize.mean({b})/NPU_compute_time.mean({t}): {f}",
 )
+SUFFIXES = (".npy", ".NPY", ".bin", ".BIN")
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--model", "-m", required=True)
-parser.add_argument("--input", "-i")
-parser.add_argument("--output", "-o")
-parser.add_argument("--output_dirname")
-parser.add_argument("--outfmt", default="BIN")
-parser.add_argument("--loop", "-l", type=int, default=1)
-parser.add_argument("--device", "-d", default="0")
-parser.add_argument("--batchsize", type=int, default=1)
-parser.add_argument("--dymBatch", type=int, default=0)
-parser.add_argument("--warmup_count", type=int, default=1)
-args = parser.parse_args()
-record("ais_bench", argv=sys.argv[1:])
 
-session = InferSession(int(args.device.split(",")[0]), args.model)
-if args.dymBatch:
-    session.set_dynamic_batchsize(args.dymBatch)
-desc = session.get_inputs()[0]
-batch = args.dymBatch or desc.shape[0]
-if args.input:
-    names = sorted(os.listdir(args.input), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
-    files = [os.path.join(args.input, n) for n in names if n.endswith(".npy")]
-else:
+def devices(text):
+    values = [int(v) for v in text.split(",")]
+    return values if len(values) > 1 else values[0]
+
+
+def natural(name):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def input_files(inputs):
     files = []
-out_dir = os.path.join(args.output, args.output_dirname or "2024_01_01-00_00_00") if args.output else None
-if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-groups = [files[i:i + batch] for i in range(0, len(files), batch)] or [None] * args.loop
-for group in groups:
-    if group is None:
-        session.infer([np.zeros([batch] + desc.shape[1:], dtype=session.np_dtype)])
-        continue
-    arrays = [np.load(f) for f in group]
-    arrays += [arrays[0]] * (batch - len(arrays))
-    output = session.infer([np.concatenate(arrays)])[0]
-    for row, path in zip(output, group):
+    for item in inputs.split(","):
+        if os.path.isdir(item):
+            files += [os.path.join(item, n) for n in sorted(os.listdir(item), key=natural) if n.endswith(SUFFIXES)]
+        else:
+            files.append(item)
+    return files
+
+
+def content(path, dtype):
+    if path.endswith((".npy", ".NPY")):
+        return np.load(path)
+    return np.fromfile(path, dtype=dtype)
+
+
+def save(path, array):
+    if path.endswith(".npy"):
+        np.save(path, array)
+    elif path.endswith(".txt"):
+        rows = array.reshape(-1, array.shape[-1])
+        fmt = "%f" if rows.dtype.kind == "f" else "%d"
+        with open(path, "wb") as handle:
+            for row in rows:
+                np.savetxt(handle, np.c_[row], fmt=fmt, newline=" ")
+                handle.write(b"\n")
+    else:
+        array.tofile(path)
+
+
+def stats(times):
+    if not times:
+        return {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, "percentile(99%)": 0.0, "count": 0}
+    return {"min": float(np.min(times)), "max": float(np.max(times)), "mean": float(np.mean(times)),
+            "median": float(np.median(times)), "percentile(99%)": float(np.percentile(times, 99)),
+            "count": len(times)}
+
+
+def main(args, files, device, output_dirname):
+    session = InferSession(device, args.model)
+    if args.dymBatch:
+        session.set_dynamic_batchsize(args.dymBatch)
+    desc = session.get_inputs()[0]
+    batchsize = args.batchsize if args.batchsize is not None else (args.dymBatch or desc.shape[0])
+    model_batch = args.dymBatch or desc.shape[0]  # -1 on a dynamic-batch OM without --dymBatch
+    out_dir = os.path.join(args.output, output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")) if args.output else None
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    filesinfo = {}
+    zeros = np.zeros([model_batch] + list(desc.shape[1:]), dtype=session.np_dtype)
+    session.infer([zeros if not files else np.concatenate([content(files[0], session.np_dtype)] * model_batch)])
+    session.reset_sumaryinfo()  # warm-up dropped
+    if not files:
+        for _ in range(args.loop):
+            output = session.infer([zeros])[0]
         if out_dir:
-            np.save(os.path.join(out_dir, os.path.basename(path).split(".")[0] + "_0.npy"), row[None])
-times = np.array(session.sumary().exec_time_list)
-mean = float(times.mean())
-throughput = 1000 * args.batchsize / mean
-print(f"[INFO] NPU_compute_time (ms): min = {times.min()}, max = {times.max()}, mean = {mean}, "
-      f"median = {np.median(times)}, percentile(99%) = {np.percentile(times, 99)}")
-print(WORDINGS[int(os.environ.get("FAKE_AIS_BENCH_WORDING", "0"))].format(b=args.batchsize, t=mean, f=throughput))
-if args.output:
-    stats = {"min": float(times.min()), "max": float(times.max()), "mean": mean, "median": float(np.median(times)),
-             "percentile(99%)": float(np.percentile(times, 99)), "count": int(times.size)}
-    with open(os.path.join(args.output, (args.output_dirname or "2024_01_01-00_00_00") + "_summary.json"), "w") as f:
-        json.dump({"NPU_compute_time": stats, "throughput": throughput, "args": vars(args)}, f)
+            save(os.path.join(out_dir, f"pure_infer_data_0.{args.outfmt.lower()}"), output)
+    else:
+        per_file = content(files[0], session.np_dtype).reshape([-1] + list(desc.shape[1:])).shape[0]
+        per_batch = model_batch // per_file
+        for index in range(math.ceil(len(files) / per_batch)):
+            group = files[index * per_batch:(index + 1) * per_batch]
+            arrays = [content(f, session.np_dtype).reshape([-1] + list(desc.shape[1:])) for f in group]
+            feed = np.concatenate(arrays + [arrays[0]] * (per_batch - len(group)))
+            for _ in range(args.loop):
+                output = session.infer([feed])[0]
+            for j, path in enumerate(group):
+                sample_id = index * per_batch + j
+                entry = filesinfo.setdefault(sample_id, {"infiles": [path], "outfiles": []})
+                if out_dir:
+                    target = os.path.join(out_dir, f"{os.path.basename(path).split('.')[0]}_0.{args.outfmt.lower()}")
+                    save(target, output[j * per_file:(j + 1) * per_file])
+                    entry["outfiles"].append(target)
+    times = session.sumary().exec_time_list
+    compute = stats(times)
+    throughput = 1000 * batchsize / compute["mean"] if compute["mean"] else 0
+    print("[INFO] -----------------Performance Summary------------------")
+    print(f"[INFO] NPU_compute_time (ms): min = {compute['min']}, max = {compute['max']}, mean = {compute['mean']}, "
+          f"median = {compute['median']}, percentile(99%) = {compute['percentile(99%)']}")
+    print(WORDINGS[int(os.environ.get("FAKE_AIS_BENCH_WORDING", "0"))].format(b=batchsize, t=compute["mean"],
+                                                                              f=throughput))
+    print("[INFO] ------------------------------------------------------")
+    if out_dir:
+        with open(out_dir + "_summary.json", "w", encoding="utf-8") as handle:
+            json.dump({"filesinfo": filesinfo, "args": sys.argv, "NPU_compute_time": compute,
+                       "H2D_latency": stats([]), "D2H_latency": stats([]), "throughput": throughput,
+                       "npu_compute_time_list": list(times), "pid": os.getpid()}, handle)
+    session.finalize()
+    return throughput
+
+
+def device_run(job):
+    args, files, device, dirname, index = job
+    start = time.time()
+    throughput = main(args, files, device, dirname)
+    return index, throughput, start, time.time()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", "-m", required=True)
+    parser.add_argument("--input", "-i", default=None)
+    parser.add_argument("--output", "-o", default=None)
+    parser.add_argument("--output_dirname", default=None)
+    parser.add_argument("--outfmt", default="BIN", choices=["NPY", "BIN", "TXT"])
+    parser.add_argument("--loop", "-l", type=int, default=1)
+    parser.add_argument("--device", "-d", type=devices, default=0)
+    parser.add_argument("--batchsize", type=int, default=None)
+    parser.add_argument("--dymBatch", type=int, default=0)
+    parser.add_argument("--warmup_count", type=int, default=1)
+    parser.add_argument("--debug", default=False)
+    args = parser.parse_args()
+    record("ais_bench", argv=sys.argv[1:])
+    files = input_files(args.input) if args.input else []
+    if not isinstance(args.device, list):
+        main(args, files, args.device, args.output_dirname)
+        sys.exit(0)
+    chunk = math.ceil(len(files) / len(args.device)) if files else 0
+    shares = [files[i * chunk:(i + 1) * chunk] for i in range(len(args.device))] if files else [[]] * len(args.device)
+    dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
+    jobs = [(args, share, device, os.path.join(dirname, f"device{device}"), index)
+            for index, (device, share) in enumerate(zip(args.device, shares))]
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:  # as the real one's Pool on Linux
+        results = pool.map(device_run, jobs)
+    for index, throughput, start, end in results:
+        print(f"i:{index} device_{args.device[index]} throughput:{throughput} start_time:{start} end_time:{end}")
+    print(f"[INFO] summary throughput:{sum(r[1] for r in results)}")

@@ -1,4 +1,8 @@
-"""Stand-in for ais_bench.infer.interface.InferSession over a fake OM (JSON naming an ONNX file)."""
+"""Stand-in for ais_bench.infer.interface.InferSession (aclruntime's back end) over a fake OM: a JSON
+file naming an ONNX graph, written by the atc stand-in. It behaves as the reference file documents the
+real one: a dynamic-batch OM reports -1 as its batch and the largest gear's size, set_dynamic_batchsize
+rescales realsize and fails with ACL's generic error for a value that is not a gear, static mode takes
+only a feed of exactly realsize bytes, datatypes are aclruntime's enum names."""
 
 import json
 import os
@@ -11,7 +15,19 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from record import record  # noqa: E402
 
-_DTYPES = {"tensor(float)": ("dtype.float32", np.float32), "tensor(int64)": ("dtype.int64", np.int64)}
+_DTYPES = {"tensor(float)": ("float32", np.float32), "tensor(int64)": ("int64", np.int64),
+           "tensor(int32)": ("int32", np.int32), "tensor(float16)": ("float16", np.float16)}
+ACL_FAILURE = "[-1][ACL: general failure]"
+
+
+class DType:
+    """aclruntime's dtype enum: printed as ``dtype.float32``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __str__(self):
+        return f"dtype.{self.name}"
 
 
 class InferSession:
@@ -23,40 +39,40 @@ class InferSession:
         record("InferSession", device_id=device_id, model_path=str(model_path))
         self.device_id = device_id
         self.ort = ort.InferenceSession(self.om["onnx"], providers=["CPUExecutionProvider"])
-        ort_input = self.ort.get_inputs()[0]
-        self.datatype, self.np_dtype = _DTYPES[ort_input.type]
-        dims = list(self.om["input_dims"])
+        dtype_name, self.np_dtype = _DTYPES[self.ort.get_inputs()[0].type]
+        self.datatype = DType(dtype_name)
         self.gears = self.om["dynamic_batch_size"]
-        if self.gears:
-            dims[0] = max(self.gears)  # a dynamic-batch OM reports its largest gear
-        self.dims = dims
-        self.batch = None if self.gears else dims[0]
-        self.per_sample = int(np.prod(dims[1:])) * np.dtype(self.np_dtype).itemsize
+        self.dims = list(self.om["input_dims"])  # -1 first for a dynamic-batch OM
+        self.per_sample = int(np.prod(self.dims[1:])) * np.dtype(self.np_dtype).itemsize
+        self.batch = max(self.gears) if self.gears else self.dims[0]
+        self.gear_set = False
         self.exec_time_list = []
 
     def get_inputs(self):
-        size = self.per_sample * self.dims[0]
+        size = self.per_sample * (max(self.gears) if self.gears else self.dims[0])
         return [SimpleNamespace(name=self.om["input_name"], datatype=self.datatype, shape=list(self.dims),
-                                size=size, realsize=size, format=self.om["input_format"])]
+                                size=size, realsize=self.per_sample * self.batch, format=self.om["input_format"])]
 
     def get_outputs(self):
         out = self.ort.get_outputs()[0]
-        return [SimpleNamespace(name=out.name, datatype="dtype.float32", shape=list(out.shape), size=0, realsize=0)]
+        shape = [-1 if self.gears else self.dims[0]] + [d for d in out.shape[1:]]
+        return [SimpleNamespace(name=out.name, datatype=DType("float32"), shape=shape, size=0, realsize=0,
+                                format="ND")]
 
     def set_dynamic_batchsize(self, batch):
         if not self.gears or int(batch) not in self.gears:
-            raise RuntimeError(f"set_dynamic_batchsize({batch}): not a gear of this model {self.gears}")
-        self.batch = int(batch)
+            raise RuntimeError(ACL_FAILURE)
+        self.batch, self.gear_set = int(batch), True
 
     def infer(self, feeds, mode="static", custom_sizes=100000):
         if mode != "static":
             raise RuntimeError(f"mode {mode} not supported by this stand-in")
-        if self.batch is None:
-            raise RuntimeError("dynamic batch model: call set_dynamic_batchsize first")
+        if self.gears and not self.gear_set:
+            raise RuntimeError(ACL_FAILURE)  # a dynamic-batch OM run without a gear
         feed = feeds[0]
         expected = self.batch * self.per_sample
         if feed.nbytes != expected:
-            raise RuntimeError(f"input size {feed.nbytes} does not match the model input size {expected}")
+            raise RuntimeError(ACL_FAILURE)
         array = np.frombuffer(np.ascontiguousarray(feed).tobytes(), dtype=self.np_dtype)
         array = array.reshape([self.batch] + self.dims[1:])
         start = time.perf_counter()
@@ -67,8 +83,11 @@ class InferSession:
     def sumary(self):
         return SimpleNamespace(exec_time_list=list(self.exec_time_list))
 
+    def reset_sumaryinfo(self):
+        self.exec_time_list = []
+
     def free_resource(self):
         pass
 
     def finalize(self):
-        pass
+        record("finalize", model_path=self.om["onnx"])
