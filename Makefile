@@ -4,8 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs/demo
 BATCH_SIZES ?= 1,4,8
+# The floor lane: Python 3.9 with the lowest versions requirements.txt admits (requirements-floor.txt)
+FLOOR_PYTHON ?= $(shell command -v python3.9 >/dev/null 2>&1 && python3.9 -c 'import sys; print(sys.executable)' 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.9*/bin/python 2>/dev/null | tail -1)
+FLOOR_VENV ?= .venv-floor
 
-.PHONY: demo test run clean
+.PHONY: demo test test-floor lint ci run clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +20,28 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --no-deps clip-benchmark==1.6.2
 	touch $@
 
+$(FLOOR_VENV)/.installed: requirements-floor.txt
+	@test -n "$(FLOOR_PYTHON)" || { echo "make test-floor needs Python 3.9 (pyenv install 3.9, or FLOOR_PYTHON=/path/to/python3.9)"; exit 2; }
+	$(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -r requirements-floor.txt
+	$(FLOOR_VENV)/bin/python -m pip install --no-deps clip-benchmark==1.6.2
+	touch $@
+
 demo: $(VENV)/.installed
 	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 PYTHON=$(PY) bash steps/run_all.sh
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
+
+# the same suite on the floor of the supported versions (torch 2.1, numpy 1.x, Python 3.9)
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+# what CI runs: lint, then both lanes
+ci: lint test test-floor
 
 # Real data: make run DATA_DIR=flickr30k PRETRAINED=open_clip_pytorch_model.bin [MODEL_NAME=ViT-B-32]
 MODEL_NAME ?= ViT-B-32

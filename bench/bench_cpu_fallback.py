@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openclip_ascend.backends import OnnxRuntimeSession  # noqa: E402
 from openclip_ascend.cli import csv_ints  # noqa: E402
-from openclip_ascend.export import (example_inputs, export_tower, onnx_path, plain_attention,  # noqa: E402
-                                    quantize_int8, tower_module)
+from openclip_ascend.export import export_tower, onnx_path, plain_attention, quantize_int8  # noqa: E402
+from openclip_ascend.towers import example_inputs, tower_module  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
 from openclip_ascend.metrics import compare_embeddings  # noqa: E402
 from openclip_ascend.models import load_model  # noqa: E402
-from openclip_ascend.reports import markdown_table  # noqa: E402
+from openclip_ascend.tables import markdown_table  # noqa: E402
 
 
 ROOFLINE_SHAPES = ((2048, 2048, 2048), (800, 768, 3072), (800, 3072, 768), (1232, 512, 2048))

@@ -25,7 +25,7 @@ from openclip_ascend.cli import csv_ints  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
 from openclip_ascend.models import model_skeleton, preprocess_config  # noqa: E402
 from openclip_ascend.preprocess import convert_images  # noqa: E402
-from openclip_ascend.reports import markdown_table  # noqa: E402
+from openclip_ascend.tables import markdown_table  # noqa: E402
 from openclip_ascend.sample import random_scenes  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .export import TOWERS, onnx_path
+from .export import onnx_path
+from .towers import TOWERS
 from .files import KitError, atomic_path, write_json, write_text
 
 ATC_SUCCESS = "ATC run success"

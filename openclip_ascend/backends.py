@@ -11,6 +11,10 @@ import numpy as np
 from .files import KitError
 
 BACKENDS = ("auto", "onnxruntime", "torch", "ascend")
+# numpy 1.x computes float limits lazily and warns when it does so after ONNX Runtime has set the
+# thread to flush denormals (see OnnxRuntimeSession): compute them first
+for _dtype in (np.float16, np.float32, np.float64):
+    np.finfo(_dtype)
 
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -79,7 +83,7 @@ class TorchSession:
     def __init__(self, model_name, pretrained, tower):
         import torch
 
-        from .export import TOWERS, input_geometry, tower_module
+        from .towers import TOWERS, input_geometry, tower_module
         from .models import default_pretrained, load_model
 
         if tower not in TOWERS:
@@ -110,6 +114,20 @@ _ACL_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "i
                "uint64": np.uint64, "double": np.float64, "bool": np.bool_}  # aclruntime's dtype enum names
 
 
+def distributions_providing(package):
+    """Normalised names of the installed distributions that install the top-level ``package``
+    (importlib.metadata.packages_distributions, which Python 3.9 lacks, read from top_level.txt / RECORD)."""
+    from importlib import metadata
+
+    owners = set()
+    for dist in metadata.distributions():
+        top_level = (dist.read_text("top_level.txt") or "").split()
+        files = {str(f).split("/", 1)[0] for f in (dist.files or [])}
+        if package in top_level or package in files:
+            owners.add(dist.metadata["Name"].lower().replace("_", "-"))
+    return owners
+
+
 def ais_bench_infer_session():
     """``ais_bench.infer.interface.InferSession``, or a KitError that says what to install.
 
@@ -119,10 +137,7 @@ def ais_bench_infer_session():
     try:
         from ais_bench.infer.interface import InferSession
     except ImportError as exc:
-        from importlib.metadata import packages_distributions
-
-        owners = {name.lower().replace("_", "-") for name in packages_distributions().get("ais_bench", [])}
-        if "ais-bench-benchmark" in owners:
+        if "ais-bench-benchmark" in distributions_providing("ais_bench"):
             raise KitError("the installed 'ais_bench' is PyPI's ais-bench-benchmark, an unrelated LLM-evaluation "
                            f"tool: `pip uninstall ais-bench-benchmark`, then {AIS_BENCH_INSTALL}") from exc
         missing = getattr(exc, "name", "") or "ais_bench"

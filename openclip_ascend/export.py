@@ -5,203 +5,48 @@ Each graph has one input and one L2-normalised output with a dynamic batch axis:
 """
 
 import contextlib
+import inspect
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .files import KitError, staging_dir
 from .metrics import compare_embeddings
+from .towers import TOWERS, attend, example_inputs, plain_self_attention, tower_module
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
 # CANN's ONNX parser registers every op these graphs use at opsets 11, 13, 14 and 17; at 18 ReduceL2 is
 # missing, from 19 nothing (CANN 5.x/6.0 parse up to 13)
 OPSETS = range(11, 18)
 PARITY_TOLERANCE = 1e-4
+# torch ≥ 2.9 exports through dynamo unless told not to; torch before 2.5 has only the TorchScript
+# exporter and no such argument
+TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 # protobuf cannot serialise a message of 2 GiB; graphs with more weight bytes (ViT-H-14's vision tower,
 # ViT-bigG) keep them in "{name}.onnx.data" beside the graph, as ONNX external data
 EXTERNAL_DATA_BYTES = 1_900_000_000
-
-
-@dataclass(frozen=True)
-class TowerSpec:
-    tower: str
-    input_name: str
-    output_name: str
-    input_format: str  # atc --input_format
-
-
-TOWERS = {
-    "vision": TowerSpec("vision", "image", "image_embed", "NCHW"),
-    "text": TowerSpec("text", "text", "text_embed", "ND"),
-}
 
 
 def onnx_path(prefix, tower):
     return Path(f"{prefix}_{tower}.onnx")
 
 
-def tower_module(model, tower, pooled_last_block=False):
-    """A module whose forward is one tower's normalised embedding (one input, one output).
-
-    ``pooled_last_block`` runs the last transformer block for the pooled token only (see
-    ``_pooled_vision`` and ``_pooled_text``) where the architecture allows it; open_clip's own
-    encode_image/encode_text otherwise, and always for the PyTorch reference.
-    """
-    class VisionTower(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.pooled = pooled_last_block and _pools_class_token(model.visual)
-
-        def forward(self, image):
-            if self.pooled:
-                return F.normalize(_pooled_vision(self.model.visual, image), dim=-1)
-            return self.model.encode_image(image, normalize=True)
-
-    class TextTower(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.pooled = pooled_last_block and _pools_eot_token(model)
-
-        def forward(self, text):
-            # int32 tokens make the graph's ArgMax (EOT pooling) int32, which every ONNX Runtime
-            # and converter supports; ids < 49408 so the result is unchanged.
-            text = text.to(torch.int32)
-            if self.pooled:
-                return F.normalize(_pooled_text(self.model, text), dim=-1)
-            return self.model.encode_text(text, normalize=True)
-
-    return (VisionTower if tower == "vision" else TextTower)().eval()
-
-
-def _plain_block(block):
-    """Whether ``block`` is open_clip's standard pre-norm self-attention block over batch-first input."""
-    from open_clip.transformer import ResidualAttentionBlock
-
-    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
-            and _plain_self_attention(block.attn))
-
-
-def _pools_class_token(visual):
-    from open_clip.transformer import VisionTransformer
-
-    # getattr: open_clip releases before 3.x lack some of these (and run the sequence-first layout)
-    return (isinstance(visual, VisionTransformer) and getattr(visual, "attn_pool", None) is None
-            and getattr(visual, "pool_type", None) == "tok" and not getattr(visual, "output_tokens", False)
-            and getattr(visual.transformer, "batch_first", False) and hasattr(visual, "_embeds")
-            and hasattr(visual, "_pool") and _plain_block(visual.transformer.resblocks[-1]))
-
-
-def _pools_eot_token(model):
-    """open_clip's built-in CLIP text tower with argmax (EOT) pooling."""
-    return (hasattr(model, "token_embedding") and getattr(model, "text_pool_type", None) == "argmax"
-            and getattr(model.transformer, "batch_first", False) and _plain_block(model.transformer.resblocks[-1]))
-
-
-def _pooled_last_block(block, x, select, mask=None):
-    """``block(x)`` for the rows ``select`` picks ([B, L, D] → [B, 1, D]): every row's keys and values,
-    one query. Only the pooled token reaches the embedding, so the last block's other rows (its
-    out-projection and MLP for L−1 of L tokens: ≈ 7 % of a ViT-B-32 tower) were computed for nothing."""
-    normed = block.ln_1(x)
-    mask = mask.to(x.dtype) if mask is not None else None
-    rows = select(x) + block.ls_1(_attend(block.attn, select(normed), normed, mask))
-    return rows + block.ls_2(block.mlp(block.ln_2(rows)))
-
-
-def _pooled_vision(visual, image):
-    """open_clip's VisionTransformer.forward with the class token alone through the last block."""
-    x = visual._embeds(image)
-    blocks = visual.transformer.resblocks
-    for block in blocks[:-1]:
-        x = block(x)
-    pooled, _ = visual._pool(_pooled_last_block(blocks[-1], x, lambda rows: rows[:, :1]))
-    return pooled @ visual.proj if visual.proj is not None else pooled
-
-
-def _pooled_text(model, text):
-    """open_clip's CLIP.encode_text with the EOT token alone through the last block."""
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
-    blocks = model.transformer.resblocks
-    for block in blocks[:-1]:
-        x = block(x, attn_mask=model.attn_mask)
-    eot = text.argmax(dim=-1)
-    batch = torch.arange(x.shape[0])
-    mask = model.attn_mask[eot].reshape(-1, 1, 1, int(x.shape[1])) if model.attn_mask is not None else None
-    x = model.ln_final(_pooled_last_block(blocks[-1], x, lambda rows: rows[batch, eot].unsqueeze(1), mask))[:, 0]
-    if model.text_projection is None:
-        return x
-    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-
-
-def input_geometry(model):
-    """(image size (H, W), context length) read from the model itself."""
-    size = model.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return size, int(model.context_length if hasattr(model, "context_length") else model.text.context_length)
-
-
-def example_inputs(model, tower, batch, seed=0):
-    """Fresh inputs: normalised-range pixels, or token rows SOT … EOT 0 … of random lengths."""
-    rng = np.random.default_rng(seed)
-    (height, width), context_length = input_geometry(model)
-    if tower == "vision":
-        return rng.standard_normal((batch, 3, height, width)).astype(np.float32)
-    tokens = np.zeros((batch, context_length), dtype=np.int64)
-    for row in tokens:
-        length = int(rng.integers(1, context_length - 1))
-        row[0] = 49406
-        row[1:length + 1] = rng.integers(1, 49406, size=length)
-        row[length + 1] = 49407
-    return tokens
-
-
-def _attend(attention, query, context, attn_mask=None):
-    """nn.MultiheadAttention (batch-first, packed in-projection) of ``query`` [B, Lq, D] over
-    ``context`` [B, L, D], as separate q/k/v projections and 4-D MatMul/Softmax: no 5-D transposes
-    for atc, fewer copies for ONNX Runtime (≈ 5 % faster on ViT-B-32), the same result within float
-    rounding (the export parity check guards it). ``attn_mask`` broadcasts against [B, heads, Lq, L]."""
-    # sequence lengths and width are fixed by the model: as Python ints (and -1 for the batch) they
-    # become constant Reshape targets instead of Shape/Gather/Concat chains in the graph
-    queries, length, width = int(query.shape[1]), int(context.shape[1]), int(context.shape[2])
-    heads = attention.num_heads
-    head_width = width // heads
-    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
-    q = F.linear(query, w_q, b_q).reshape(-1, queries, heads, head_width).transpose(1, 2)
-    k = F.linear(context, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
-    v = F.linear(context, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
-    scores = (q @ k) * (head_width ** -0.5)
-    if attn_mask is not None:
-        scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, queries, width)
-    return attention.out_proj(out)
-
-
-def _plain_self_attention(module):
-    return (isinstance(module, torch.nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
-            and module.bias_k is None and not module.add_zero_attn and module.dropout == 0.0)
-
-
 @contextlib.contextmanager
 def plain_attention(model):
-    """Route every batch-first self-attention with no mask or a 2-D one through ``_attend`` while exporting."""
+    """Route every batch-first self-attention with no mask or a 2-D one through ``attend`` while exporting."""
     patched = []
     for module in model.modules():
-        if _plain_self_attention(module):
+        if plain_self_attention(module):
             original = module.forward
 
             def forward(query, key, value, *args, _module=module, _original=original, **kwargs):
                 mask = kwargs.get("attn_mask")
                 if (query is key is value and not args and kwargs.get("key_padding_mask") is None
                         and (mask is None or mask.dim() == 2)):
-                    return _attend(_module, query, query, mask), None
+                    return attend(_module, query, query, mask), None
                 return _original(query, key, value, *args, **kwargs)
 
             module.forward = forward
@@ -265,7 +110,7 @@ def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=No
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         raw = work / "graph.onnx"  # beside it, one file per weight if the graph exceeds 2 GB
         torch.onnx.export(
-            module, (example,), str(raw), dynamo=False, opset_version=opset,
+            module, (example,), str(raw), **TORCHSCRIPT_EXPORTER, opset_version=opset,
             input_names=[spec.input_name], output_names=[spec.output_name],
             dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
             do_constant_folding=True,
@@ -371,7 +216,9 @@ def quantize_int8(prefix, tower):
     with staging_dir(target) as work, warnings.catch_warnings(), quiet_root_logger():
         warnings.simplefilter("ignore")
         staged = work / "int8.onnx"
-        quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8,
+        # the matrix products only: ONNX Runtime before 1.17 has no ConvInteger kernel for int8 weights,
+        # and the patch embedding is ~2 % of a ViT tower's FLOP
+        quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                          use_external_data_format=external_data_path(source).is_file())
         save_onnx(onnx.load(str(staged)), target)
     return target
@@ -414,7 +261,10 @@ def simulate_fp16(prefix, tower):
             node.output[index] = raw
             nodes.append(helper.make_node("Cast", [raw], [f"{output}__fp16"], to=TensorProto.FLOAT16,
                                           name=f"{node.name}/to_fp16_{index}"))
-            nodes.append(helper.make_node("Cast", [f"{output}__fp16"], [output], to=TensorProto.FLOAT,
+            # Max(h, h) is h; it keeps ONNX Runtime < 1.17 from dropping the Cast pair as if it were lossless
+            nodes.append(helper.make_node("Max", [f"{output}__fp16", f"{output}__fp16"], [f"{output}__fp16_kept"],
+                                          name=f"{node.name}/keep_fp16_{index}"))
+            nodes.append(helper.make_node("Cast", [f"{output}__fp16_kept"], [output], to=TensorProto.FLOAT,
                                           name=f"{node.name}/from_fp16_{index}"))
     del graph.node[:]
     graph.node.extend(nodes)

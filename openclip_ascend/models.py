@@ -34,9 +34,23 @@ def default_pretrained(model_name, pretrained):
     return str(TINY_WEIGHTS) if model_name == TINY_MODEL else DEFAULT_PRETRAINED
 
 
+MIN_OPEN_CLIP = "2.24"  # get_model_preprocess_cfg, the pooled-token hooks (_embeds/_pool) and safetensors tags
+
+
 def open_clip_module():
-    """Import open_clip with the kit's own model configs registered."""
-    import open_clip
+    """Import open_clip with the kit's own model configs registered; an older release than the kit
+    supports stops with one line instead of an AttributeError deep inside a step."""
+    import warnings
+
+    with warnings.catch_warnings():  # open_clip 2.24 imports timm.models.layers, which newer timm deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        import open_clip
+
+    if not hasattr(open_clip, "get_model_preprocess_cfg"):
+        from importlib.metadata import version
+
+        raise KitError(f"open_clip_torch {version('open_clip_torch')} is older than {MIN_OPEN_CLIP}, the oldest this kit "
+                       f"supports; pip install 'open_clip_torch>={MIN_OPEN_CLIP}'")
 
     if TINY_MODEL not in open_clip.list_models():
         open_clip.add_model_config(TINY_CONFIG)
@@ -98,6 +112,21 @@ def resolve_checkpoint(model_name, pretrained):
                    f"and this kit never downloads; fetch {source} and pass --pretrained /path/to/that/file")
 
 
+def _load_checkpoint(open_clip, model, checkpoint):
+    """open_clip's loader; for ``.safetensors`` files on open_clip releases that read only torch files
+    (2.24 among them: ``invalid load key``), the state dict is read with safetensors itself."""
+    import pickle
+
+    try:
+        open_clip.load_checkpoint(model, str(checkpoint))
+    except pickle.UnpicklingError:
+        if checkpoint.suffix != ".safetensors":
+            raise
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(checkpoint)), strict=True)
+
+
 def load_model(model_name, pretrained=None, **overrides):
     """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag).
 
@@ -114,7 +143,7 @@ def load_model(model_name, pretrained=None, **overrides):
         model = open_clip.create_model(model_name, pretrained=None, **overrides)
     if checkpoint is not None:
         try:
-            open_clip.load_checkpoint(model, str(checkpoint))
+            _load_checkpoint(open_clip, model, checkpoint)
         except Exception as exc:  # torch, safetensors and open_clip each raise their own types here
             detail = "; ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
             raise KitError(f"{checkpoint}: these weights do not fit --model-name {model_name} ({detail}); pass "

@@ -140,7 +140,7 @@ def step_export(config):
 def step_convert(config):
     from .atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
     from .npu import detect_soc_version
-    from .reports import markdown_table
+    from .tables import markdown_table
 
     backend, reason = resolve_backend(config.backend)
     if backend != "ascend":
@@ -239,7 +239,7 @@ def step_accuracy(config):
 
     from .postprocess import (degenerate_warning, embedding_agreement, evaluate_folders, read_embedding_dir,
                               retrieval_record, tie_note)
-    from .reports import comparison_table, metrics_line, recall_table, save_table
+    from .tables import comparison_table, metrics_line, recall_table, save_table
 
     # batch by batch, so the PyTorch reference folders are read once per batch size and every
     # folder once per step (six folders cached: ~12 MB each on flickr30k with ViT-B-32)
@@ -283,7 +283,7 @@ def step_performance(config):
     import sys
 
     from .npu import idle_check
-    from .reports import plot_throughput, save_table, throughput_table
+    from .tables import plot_throughput, save_table, throughput_table
 
     npu_state, busy = {}, []
     if resolve_backend(config.backend)[0] == "ascend":  # a figure taken on a busy NPU is not the model's

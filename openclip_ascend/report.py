@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .files import read_json, write_text
 from .postprocess import failed_checks
-from .reports import comparison_table, markdown_table, recall_table, throughput_table, tie_footnotes
+from .tables import comparison_table, markdown_table, recall_table, throughput_table, tie_footnotes
 
 PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
             "aclruntime")

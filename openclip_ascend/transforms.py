@@ -129,9 +129,10 @@ class Tokenizer:
     """open_clip's own tokenizer for the model, returning int64 arrays (N, context_length)."""
 
     def __init__(self, model_name):
-        import open_clip
-
         from .files import KitError
+        from .models import open_clip_module
+
+        open_clip = open_clip_module()
 
         self.model_name = model_name
         hf_name = ((open_clip.get_model_config(model_name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")

@@ -15,7 +15,6 @@ from openclip_ascend.backends import AscendSession, OnnxRuntimeSession, open_ses
 from openclip_ascend.export import onnx_path
 from openclip_ascend.files import KitError
 from openclip_ascend.npu import detect_soc_version, parse_npu_smi, soc_version_of
-from openclip_ascend.postprocess import evaluate_folders
 from openclip_ascend.runner import infer, infer_devices
 
 HERE = Path(__file__).resolve().parent

@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.export import check_parity, example_inputs, export_model, onnx_path, torch_embeddings
+from openclip_ascend.export import check_parity, export_model, onnx_path, torch_embeddings
+from openclip_ascend.towers import example_inputs
 from openclip_ascend.files import KitError
 from openclip_ascend.models import load_model
 
@@ -161,9 +162,12 @@ def _flops(module, inputs):
 def test_last_block_runs_for_the_pooled_token_only(vit_b_32):
     import torch
 
-    from openclip_ascend.export import plain_attention, tower_module
+    from openclip_ascend.export import plain_attention
+    from openclip_ascend.towers import tower_module
 
     model = vit_b_32[0]
+    if not hasattr(model.visual, "_embeds"):
+        pytest.skip("this open_clip has no _embeds/_pool hooks (2.24 lacks them): the export keeps its own forward there")
     for tower in ("vision", "text"):
         stock, pooled = tower_module(model, tower), tower_module(model, tower, pooled_last_block=True)
         assert pooled.pooled and not stock.pooled
@@ -178,7 +182,7 @@ def test_last_block_runs_for_the_pooled_token_only(vit_b_32):
 def test_pooling_that_reads_every_token_keeps_the_whole_last_block(tmp_path):
     import open_clip
 
-    from openclip_ascend.export import tower_module
+    from openclip_ascend.towers import tower_module
     from openclip_ascend.models import TINY_MODEL
 
     cfg = open_clip.get_model_config(TINY_MODEL)

@@ -6,7 +6,8 @@ import pytest
 
 from openclip_ascend.atc import graph_input, input_shape_arg
 from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.export import example_inputs, export_model, onnx_path, torch_embeddings
+from openclip_ascend.export import export_model, onnx_path, torch_embeddings
+from openclip_ascend.towers import example_inputs
 from openclip_ascend.files import KitError
 from openclip_ascend.models import load_model, preprocess_config
 from openclip_ascend.transforms import Tokenizer

@@ -91,7 +91,7 @@ def test_cli_prints_reference_line_last_and_writes_json(layout, tmp_path):
 
 def test_metrics_line_is_the_references_float32_text():
     from openclip_ascend.metrics import RetrievalResult
-    from openclip_ascend.reports import metrics_line
+    from openclip_ascend.tables import metrics_line
 
     keys = ("image_retrieval_recall@5", "text_retrieval_recall@5")
     result = RetrievalResult(metrics={k: 0.0 for k in keys}, hits=dict(zip(keys, (4421, 962))),

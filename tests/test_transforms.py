@@ -17,7 +17,9 @@ def _images():
     for width, height in [(500, 375), (97, 311), (224, 224), (225, 223), (3, 40), (640, 7)]:
         rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
         for mode in ("RGB", "L", "RGBA", "P", "CMYK", "LA", "I;16", "1"):
-            yield f"{mode}-{width}x{height}", rgba if mode == "RGBA" else rgba.convert(mode)
+            # Pillow < 10 converts to I;16 only from L
+            source = rgba.convert("L") if mode == "I;16" else rgba
+            yield f"{mode}-{width}x{height}", rgba if mode == "RGBA" else source.convert(mode)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -31,7 +33,12 @@ def test_pixels_equal_open_clip_transform(cfg):
     reference = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     mine = ImagePreprocessor(PreprocessConfig.from_dict(cfg))
     for name, img in _images():
-        expected = reference(img).numpy()
+        try:
+            expected = reference(img).numpy()
+        except ValueError:  # a mode this Pillow cannot resize (I;16 before Pillow 10): the kit fails alike
+            with pytest.raises(ValueError):
+                mine(img)
+            continue
         got = mine(img)
         assert got.dtype == np.float32, name
         assert got.shape == expected.shape, name

@@ -1,0 +1,48 @@
+"""Step 2: export the vision and text towers to {prefix}_vision.onnx and {prefix}_text.onnx, then
+check ONNX Runtime against PyTorch (max abs diff must stay ≤ 1e-4).
+
+    python openclip_torch2onnx.py --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin \\
+        --onnx-prefix models/vit_b_32 [--opset-version 14] [--image CLIP.png --text "a dog"]
+
+The reference's flags and defaults: --pretrained laion2b_s34b_b79k (a local file or a tag already in
+the Hugging Face cache; `none` for random weights, with a warning), --image / --text are traced with
+and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
+"""
+
+import argparse
+
+from ..cli import print_result
+from ..export import DEFAULT_OPSET
+from ..models import DEFAULT_PRETRAINED
+
+
+def main(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-name", default="ViT-B-32")
+    parser.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                        help="local checkpoint file, or a tag whose weights are already cached; none: random "
+                             "weights (default: %(default)s)")
+    parser.add_argument("--onnx-prefix", default="models/vit_b_32",
+                        help="writes PREFIX_vision.onnx and PREFIX_text.onnx (default: %(default)s)")
+    parser.add_argument("--opset", "--opset-version", dest="opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--image", help="an image to trace the vision tower with (and check parity on)")
+    parser.add_argument("--text", help="a caption to trace the text tower with (and check parity on)")
+    parser.add_argument("--towers", default="vision,text", help="comma-separated subset of vision,text")
+    parser.add_argument("--skip-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
+    args = parser.parse_args(argv)
+
+    from ..export import export_model, given_examples
+    from ..models import is_random_weights, load_model
+
+    model = load_model(args.model_name, args.pretrained)
+    examples = given_examples(model, args.model_name, args.pretrained, args.image, args.text)
+    towers = [tower.strip() for tower in args.towers.split(",") if tower.strip()]
+    report = export_model(model, args.onnx_prefix, towers, args.opset, check=not args.skip_check, examples=examples)
+    for tower, entry in report.items():
+        for case, parity in (entry["parity"] or {}).items():
+            label = f"batch {case}" if case != "given" else f"--{'image' if tower == 'vision' else 'text'}"
+            print(f"{tower} {label}: max abs diff {parity['max_abs_diff']:.2e}, "
+                  f"min cosine {parity['min_cosine']:.8f}")
+    print_result({"model_name": args.model_name, "pretrained": args.pretrained,
+                  "random_weights": is_random_weights(args.pretrained), "towers": report})

@@ -1,0 +1,93 @@
+"""Step 4: inference with ais_bench's flags and output layout, on ONNX Runtime (CPU) or PyTorch.
+
+    python openclip_infer.py --model models/vit_b_32_vision.onnx --input prep/images \\
+        --output results --output_dirname vision --outfmt NPY --batchsize 8
+    python openclip_infer.py --model models/vit_b_32_text.onnx --loop 100 --batchsize 64   # pure inference
+    python openclip_infer.py --backend torch --model-name ViT-B-32 --pretrained CKPT --tower vision --input …
+
+    python openclip_infer.py --model models/vit_b_32_vision_bs8.om --input prep/images --output results \\
+        --output_dirname vision --outfmt NPY --device 0,1     # Ascend: one process per NPU
+
+Writes OUTPUT/DIRNAME/{stem}_0.npy per input file and OUTPUT/DIRNAME_summary.json (several devices:
+OUTPUT/DIRNAME/device{N}/ and OUTPUT/DIRNAME/device{N}_summary.json), and prints ais_bench's summary
+lines, including ``[INFO] throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): F``. Timing an
+OM checks first that the NPU is idle (``npu-smi info``); --require-idle makes a busy one an error.
+"""
+
+import argparse
+import sys
+
+from ..backends import BACKENDS
+
+
+def main(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", help=".onnx model (ONNX Runtime); .om needs the Ascend backend")
+    parser.add_argument("--input", "-i", help="input folders or .npy/.bin files, comma-separated (omit: pure inference)")
+    parser.add_argument("--output", "-o", help="output root folder (omit: outputs are not saved, as in ais_bench)")
+    parser.add_argument("--output_dirname", help="sub-folder of --output for this run (default: a timestamp)")
+    parser.add_argument("--outfmt", choices=["NPY", "BIN", "TXT"], type=str.upper, help="output format (default BIN)")
+    parser.add_argument("--batchsize", type=int, help="batch of a dynamic-batch ONNX model (default: the model's "
+                                                      "static batch, else 1)")
+    parser.add_argument("--loop", "-l", type=int, help="runs per batch, each timed (default 1)")
+    parser.add_argument("--warmup_count", type=int, help="untimed runs first (default 1)")
+    parser.add_argument("--device", "-d",
+                        help="NPU id(s), default 0: 0,1,… runs one process per device (OM only); cuda: ONNX on the GPU "
+                             "(needs onnxruntime-gpu)")
+    parser.add_argument("--dymBatch", type=int, default=None, help="batch gear of a dynamic-batch OM")
+    parser.add_argument("--via-ais-bench", action="store_true",
+                        help="run `python3 -m ais_bench` itself with the flags given here and parse its output")
+    parser.add_argument("--require-idle", action="store_true",
+                        help="stop instead of warning when npu-smi shows the NPU busy before an OM is timed")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--model-name", help="open_clip model name (torch backend)")
+    parser.add_argument("--pretrained", help="checkpoint file or cached tag (torch backend; default: the bundled "
+                        "weights for the tiny model, laion2b_s34b_b79k otherwise; none: random weights)")
+    parser.add_argument("--tower", choices=["vision", "text"], help="tower to run (torch backend)")
+    args = parser.parse_args(argv)
+
+    from ..backends import om_batch, open_session
+    from ..cli import csv_ints
+    from ..files import KitError
+    from ..npu import idle_check
+    from ..runner import infer, infer_devices
+
+    given = {"input": args.input, "output": args.output, "output_dirname": args.output_dirname,
+             "outfmt": args.outfmt, "batchsize": args.batchsize, "loop": args.loop, "device": args.device,
+             "dymBatch": args.dymBatch, "warmup_count": args.warmup_count}
+    outfmt, loop, warmup_count = args.outfmt or "BIN", args.loop or 1, 1 if args.warmup_count is None else args.warmup_count
+    if (args.batchsize is not None and args.batchsize < 1) or loop < 1 or warmup_count < 0:
+        raise KitError("--batchsize and --loop must be ≥ 1 and --warmup_count ≥ 0")
+    if args.device == "cuda":  # ONNX on the GPU through onnxruntime-gpu
+        session = open_session(args.backend, args.model, device="cuda")
+        infer(session, args.input, args.output, args.output_dirname, outfmt, args.batchsize, loop, warmup_count)
+        return 0
+    devices = csv_ints(args.device or "0", minimum=0)
+    is_om = args.backend == "ascend" or (args.backend == "auto" and str(args.model or "").endswith(".om"))
+    if is_om and (args.input is None or loop > 1):  # a throughput figure: only meaningful on an idle NPU
+        _, warnings = idle_check(devices, args.require_idle)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    if args.via_ais_bench:
+        from .. import aisbench
+
+        if given["batchsize"] is None and is_om:  # old ais_infer defaulted to 1: pass the model's real batch
+            given["batchsize"] = om_batch(args.model, args.dymBatch)
+        cmd = aisbench.command(args.model, **given)
+        print("$ " + " ".join(cmd))
+        aisbench.run(cmd, args.output, args.output_dirname, devices)
+        return 0
+    if devices != [0] and not is_om:
+        raise KitError(f"--device {args.device}: only OM models run on NPU devices; the CPU backends use device 0")
+    if len(devices) > 1:
+        session_args = {"backend": args.backend, "model": args.model, "dym_batch": args.dymBatch}
+        infer_devices(session_args, devices, args.input, args.output, args.output_dirname, outfmt,
+                      args.batchsize, loop, warmup_count)
+        return 0
+    session = open_session(args.backend, args.model, args.model_name, args.pretrained, args.tower, devices[0],
+                           args.dymBatch)
+    try:
+        infer(session, args.input, args.output, args.output_dirname, outfmt, args.batchsize, loop, warmup_count)
+    finally:
+        session.close()
+    return 0

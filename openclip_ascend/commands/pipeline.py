@@ -1,0 +1,84 @@
+"""The numbered steps, all or some, on the bundled sample and tiny model by default:
+
+    python openclip_pipeline.py --output-dir outputs/demo                  # steps 1-7
+    python openclip_pipeline.py --output-dir outputs/demo --steps 5,6      # again from step 5
+    python openclip_pipeline.py --output-dir outputs/flickr --data-dir flickr30k \\
+        --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin --batch-sizes 1,4,8,16,32,64
+
+Steps: 1 preprocess, 2 export ONNX, 3 convert to OM (Ascend), 4 infer, 5 accuracy, 6 performance,
+7 report (report.md).
+Every flag has an environment variable (in brackets) so steps/*.sh share one configuration.
+--backend auto uses the NPU when npu-smi, atc and ais_bench are present, else ONNX Runtime.
+"""
+
+import argparse
+import os
+import sys
+
+from ..cli import csv_ints
+from ..models import TINY_MODEL
+
+
+def env(name, default=None):
+    return os.environ.get(name) or default
+
+
+def parse_steps(text):
+    if "-" in text:
+        first, last = (int(part) for part in text.split("-", 1))
+        return list(range(first, last + 1))
+    return csv_ints(text)
+
+
+def main(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=env("OUT", "outputs/demo"), help="run folder [OUT]")
+    parser.add_argument("--steps", default="1-7", help="e.g. 1-7, 4, 5,6")
+    parser.add_argument("--data-dir", default=env("DATA_DIR"), help="flickr30k folder; default: generate the sample [DATA_DIR]")
+    parser.add_argument("--model-name", default=env("MODEL_NAME", TINY_MODEL), help="[MODEL_NAME]")
+    parser.add_argument("--pretrained", default=env("PRETRAINED"),
+                        help=f"checkpoint file or cached tag; {TINY_MODEL} defaults to its bundled weights [PRETRAINED]")
+    parser.add_argument("--batch-sizes", default=env("BATCH_SIZES", "1,4,8"), help="[BATCH_SIZES]")
+    parser.add_argument("--backend", default=env("BACKEND", "auto"), choices=["auto", "ascend", "onnxruntime"],
+                        help="[BACKEND]")
+    parser.add_argument("--soc-version", default=env("SOC_VERSION"), help="atc soc version; default: npu-smi [SOC_VERSION]")
+    parser.add_argument("--no-reference", action="store_true", default=env("REFERENCE") == "0",
+                        help="skip the PyTorch reference [REFERENCE=0]")
+    parser.add_argument("--int8", action="store_true", default=env("INT8") == "1",
+                        help="also run the int8 ONNX Runtime fallback [INT8=1]")
+    parser.add_argument("--gpu", action="store_true", default=env("GPU") == "1",
+                        help="also run the ONNX models on CUDA (needs onnxruntime-gpu) [GPU=1]")
+    parser.add_argument("--fp16-estimate", action="store_true", default=env("FP16_ESTIMATE") == "1",
+                        help="estimate an fp16 OM's accuracy on the CPU (fp16 rounding of weights and activations) "
+                             "[FP16_ESTIMATE=1]")
+    parser.add_argument("--dynamic-batch", action="store_true", default=env("DYNAMIC_BATCH") == "1",
+                        help="one dynamic-batch OM per tower, run at each batch size as a gear [DYNAMIC_BATCH=1]")
+    parser.add_argument("--devices", default=env("DEVICES", "0"), help="NPU ids, e.g. 0,1 [DEVICES]")
+    parser.add_argument("--precision-mode", default=env("PRECISION"),
+                        help="atc precision: fp16, fp32, mixed, vision=mixed,text=fp16 or an atc mode [PRECISION]")
+    parser.add_argument("--require-idle", action="store_true", default=env("REQUIRE_IDLE") == "1",
+                        help="stop when npu-smi shows a device busy before step 6, instead of a warning "
+                             "[REQUIRE_IDLE=1]")
+    parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
+    parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
+    parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
+    args = parser.parse_args(argv)
+
+    from ..pipeline import RunConfig, run_steps
+    from ..postprocess import failed_checks
+
+    config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
+                       data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
+                       reference=not args.no_reference, int8=args.int8, gpu=args.gpu, fp16_estimate=args.fp16_estimate,
+                       dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
+                       precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
+                       opset=args.opset, perf_loops=args.perf_loops,
+                       require_idle=args.require_idle)
+    steps = parse_steps(args.steps)
+    results = run_steps(config, steps)
+    failed = failed_checks(results.get("accuracy")) if {5, 7} & set(steps) else []
+    if failed:
+        print(f"accuracy check FAILED for {', '.join(failed)}: degenerate embeddings (see "
+              f"{config.output_dir / 'report.md'})", file=sys.stderr)
+        return 1
+    return 0

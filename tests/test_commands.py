@@ -1,0 +1,43 @@
+"""`pip install .` gives one `openclip-ascend` command whose subcommands take the top-level scripts' flags."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openclip_ascend.commands import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_subcommand_has_the_scripts_flags(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    ours = capsys.readouterr().out
+    script = ROOT / COMMANDS[name][1]
+    theirs = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert ours.startswith(f"usage: openclip-ascend {name}")
+    flags = {word.strip("[],") for word in theirs.split() if word.startswith("--")}
+    assert flags and flags == {word.strip("[],") for word in ours.split() if word.startswith("--")}
+
+
+def test_unknown_subcommand_is_one_line(capsys):
+    assert main(["evaluate"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: 'evaluate': not a subcommand; choose preprocess")
+
+
+def test_pip_install_gives_the_command_and_the_bundled_model(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(ROOT)], check=True, capture_output=True)
+    assert (target / "openclip_ascend" / "assets" / "openclip-ascend-tiny.safetensors").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, str(target / "bin" / "openclip-ascend"), "postprocess"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 2  # the reference's default folders are not there: one line, no traceback
+    assert result.stderr.strip() == ("error: om_outputs/vision_embed_bs8: embedding folder not found; point it at "
+                                     "ais_bench's --output/--output_dirname")
