@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .files import read_json, write_text
 from .postprocess import failed_checks
-from .tables import comparison_table, markdown_table, recall_table, throughput_table, tie_footnotes
+from .runner import NOISY_CV, NOISY_TAIL
+from .tables import comparison_table, markdown_table, noisy_cells, recall_table, throughput_table, tie_footnotes
 
 PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
             "aclruntime")
@@ -87,9 +88,20 @@ def write_report(run_dir):
                      f"fps = 1000 × batch / mean compute ms over {performance['loops']} runs after a dropped warm-up.", ""]
         for warning in performance.get("npu_warnings", []):
             sections += [f"**Measured on a busy NPU, figures unreliable**: {warning}.", ""]
+        spreads = performance.get("spread", {})
         for backend, by_batch in performance["throughput"].items():
-            table = throughput_table({int(batch): row for batch, row in by_batch.items()})
+            noisy = noisy_cells({int(batch): towers for batch, towers in spreads.get(backend, {}).items()})
+            table = throughput_table({int(batch): row for batch, row in by_batch.items()}, noisy)
             sections += [f"### {backend}", "", markdown_table(*table), ""]
+        noisy_rows = [[backend, batch, tower, f"{s['cv']:.0%}", f"{s['p99_over_median']:.1f}×"]
+                      for backend, by_batch in spreads.items() for batch, towers in by_batch.items()
+                      for tower, s in towers.items() if s["noisy"]]
+        if noisy_rows:
+            sections += [f"**Noisy figures** (marked `(noisy)`): their runs varied by more than {NOISY_CV:.0%} (coefficient "
+                         f"of variation) or had a p99 over {NOISY_TAIL:g}× the median — other load on the machine while "
+                         "timing. Re-run on an idle machine, raise `PERF_LOOPS`, or set `PERF_BUDGET` (seconds) to "
+                         "measure again until stable.", "",
+                         markdown_table(["backend", "batch size", "tower", "run-time CV", "p99 / median"], noisy_rows), ""]
         latency_rows = [[backend, batch, tower, f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}"]
                         for backend, by_batch in performance["latency_ms"].items()
                         for batch, towers in by_batch.items() for tower, lat in towers.items()]

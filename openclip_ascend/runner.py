@@ -174,6 +174,20 @@ def run_pure(session, batch_size=1, loop=1, warmup_count=1, output_dir=None, out
     return times, batch
 
 
+NOISY_CV = 0.10  # run-to-run coefficient of variation above which a throughput figure is marked noisy
+NOISY_TAIL = 2.0  # … or a p99 run time above this many times the median
+
+
+def spread(times_ms):
+    """How much the timed runs vary, and whether that makes the mean-based figure unreliable."""
+    times = np.asarray(times_ms, dtype=np.float64)
+    if times.size < 2 or not times.mean():
+        return {"cv": 0.0, "p99_over_median": 1.0, "noisy": False}
+    cv = float(times.std() / times.mean())
+    tail = float(np.percentile(times, 99) / np.median(times))
+    return {"cv": cv, "p99_over_median": tail, "noisy": cv > NOISY_CV or tail > NOISY_TAIL}
+
+
 def latency_percentiles(times_ms):
     return {f"p{q}": float(np.percentile(times_ms, q)) if len(times_ms) else 0.0 for q in (50, 90, 99)}
 
@@ -189,7 +203,8 @@ def summarise(times_ms, batch, args, filesinfo=None, backend=""):
     compute = stats(times_ms)
     throughput = 1000.0 * batch / compute["mean"] if compute["mean"] else 0.0
     return {"NPU_compute_time": compute, "H2D_latency": stats([]), "D2H_latency": stats([]),
-            "throughput": throughput, "latency_ms": latency_percentiles(times_ms), "batchsize": batch,
+            "throughput": throughput, "latency_ms": latency_percentiles(times_ms), "spread": spread(times_ms),
+            "batchsize": batch,
             "backend": backend,
             "npu_compute_time_list": [float(t) for t in times_ms], "filesinfo": filesinfo or {},
             "args": args, "pid": os.getpid()}
@@ -314,8 +329,9 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
               f"end_time:{end}")
     total = sum(summary["throughput"] for summary in per_device.values())
     print(f"[INFO] summary throughput:{total}")
+    every_time = [t for _, times, *_ in results for t in times]
     summary = {"throughput": total, "batchsize": results[0][3], "devices": per_device, "args": command_line(args),
-               "latency_ms": latency_percentiles([t for _, times, *_ in results for t in times]),
+               "latency_ms": latency_percentiles(every_time), "spread": spread(every_time),
                "e2e": end_to_end(wall, sum(result[4] for result in results))}
     if output:
         write_json(devices_summary_path(output, dirname), summary)

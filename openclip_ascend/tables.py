@@ -52,8 +52,9 @@ def tie_footnotes(results):
             for r in results for key, tie in r.get("ties", {}).items()]
 
 
-def throughput_table(fps_by_batch):
-    """ModelZoo's ``BatchSize | vision fps | text fps`` table; the best figure of each column in bold."""
+def throughput_table(fps_by_batch, noisy=()):
+    """ModelZoo's ``BatchSize | vision fps | text fps`` table; the best figure of each column in bold,
+    figures whose runs varied too much (``noisy``: (batch, tower) pairs) marked ``(noisy)``."""
     towers = [tower for tower in ("vision", "text") if any(tower in row for row in fps_by_batch.values())]
     best = {tower: max((row[tower] for row in fps_by_batch.values() if tower in row), default=None)
             for tower in towers}
@@ -63,16 +64,22 @@ def throughput_table(fps_by_batch):
         for tower in towers:
             value = fps_by_batch[batch].get(tower)
             cell = "" if value is None else f"{value:.1f}"
-            row.append(f"**{cell}**" if value is not None and value == best[tower] else cell)
+            cell = f"**{cell}**" if value is not None and value == best[tower] else cell
+            row.append(f"{cell} (noisy)" if (batch, tower) in noisy else cell)
         rows.append(row)
     return ["BatchSize"] + [f"{tower} fps" for tower in towers], rows
+
+
+def noisy_cells(spreads):
+    """{batch: {tower: spread}} → the (batch, tower) pairs whose figure is noisy."""
+    return {(batch, tower) for batch, towers in spreads.items() for tower, s in towers.items() if s["noisy"]}
 
 
 def save_table(stem, headers, rows, title=""):
     """``stem.md`` and ``stem.csv``; returns the Markdown text."""
     text = (f"### {title}\n\n" if title else "") + markdown_table(headers, rows) + "\n"
     write_text(f"{stem}.md", text)
-    write_csv(f"{stem}.csv", headers, [[str(cell).strip("*") for cell in row] for row in rows])
+    write_csv(f"{stem}.csv", headers, [[str(cell).replace("*", "") for cell in row] for row in rows])
     return text
 
 
@@ -113,8 +120,9 @@ def plot_throughput(throughput, path):
     figure, axes = plt.subplots(1, len(towers), figsize=(10, 4), constrained_layout=True)
     for axis, tower in zip(axes, towers):
         for backend, by_batch in throughput.items():
-            batches = sorted(by_batch)
-            axis.plot(batches, [by_batch[b][tower] for b in batches], marker="o", label=backend)
+            batches = sorted(b for b in by_batch if tower in by_batch[b])
+            if batches:
+                axis.plot(batches, [by_batch[b][tower] for b in batches], marker="o", label=backend)
         axis.set_xscale("log", base=2)
         ticks = sorted({b for by_batch in throughput.values() for b in by_batch})
         axis.set_xticks(ticks, [str(t) for t in ticks])
@@ -122,7 +130,8 @@ def plot_throughput(throughput, path):
         axis.set_ylabel("samples / s")
         axis.set_title(f"{tower} tower")
         axis.grid(True, alpha=0.3)
-        axis.legend()
+        if axis.get_lines():
+            axis.legend()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)

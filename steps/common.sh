@@ -9,6 +9,7 @@
 #   SOC_VERSION  atc --soc_version                (default: read from npu-smi info)
 #   REFERENCE    0 to skip the PyTorch reference  (default 1)
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
+#   PERF_BUDGET  seconds a noisy figure may be measured again until stable (default 0: marked noisy)
 #   INT8         1 adds the int8 ONNX Runtime fallback (default 0)
 #   FP16_ESTIMATE 1 adds a CPU estimate of an fp16 OM's accuracy (default 0)
 #   GPU          1 adds ONNX Runtime on CUDA (needs onnxruntime-gpu; default 0)

@@ -166,3 +166,13 @@ def test_split_among_devices_is_ais_bench_s():
 
     assert [len(share) for share in split_among_devices(list(range(10)), [0, 1, 2])] == [4, 4, 2]
     assert split_among_devices(list(range(4)), [3, 5]) == [[0, 1], [2, 3]]
+
+
+def test_spread_marks_runs_that_vary_too_much():
+    from openclip_ascend.runner import spread
+
+    assert not spread([10.0, 10.2, 9.9, 10.1] * 5)["noisy"]
+    tail = spread([10.0] * 19 + [25.0])  # one run in twenty slowed by other load: p99 2.2× the median
+    assert tail["noisy"] and tail["p99_over_median"] > 2
+    assert spread([5.0, 15.0] * 10)["noisy"]  # CV 50 %
+    assert not spread([7.0])["noisy"]

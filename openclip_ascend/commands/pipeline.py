@@ -60,6 +60,8 @@ def main(argv=None, prog=None):
                         help="stop when npu-smi shows a device busy before step 6, instead of a warning "
                              "[REQUIRE_IDLE=1]")
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
+    parser.add_argument("--perf-budget", type=float, default=float(env("PERF_BUDGET", "0")),
+                        help="seconds a noisy throughput figure may be measured again until stable [PERF_BUDGET]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
     args = parser.parse_args(argv)
@@ -72,7 +74,7 @@ def main(argv=None, prog=None):
                        reference=not args.no_reference, int8=args.int8, gpu=args.gpu, fp16_estimate=args.fp16_estimate,
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
-                       opset=args.opset, perf_loops=args.perf_loops,
+                       opset=args.opset, perf_loops=args.perf_loops, perf_budget=args.perf_budget,
                        require_idle=args.require_idle)
     steps = parse_steps(args.steps)
     results = run_steps(config, steps)
