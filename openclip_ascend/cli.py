@@ -13,8 +13,11 @@ def _terminate(signum, frame):
 
 def run(main):
     """Call ``main()``; a KitError becomes one line on stderr and exit code 2, Ctrl-C or SIGTERM exit 130."""
+    from .stack import check_versions
+
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        check_versions()
         result = main()
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,7 +34,6 @@ def default_pretrained(model_name, pretrained):
     return str(TINY_WEIGHTS) if model_name == TINY_MODEL else DEFAULT_PRETRAINED
 
 
-MIN_OPEN_CLIP = "2.24"  # get_model_preprocess_cfg, the pooled-token hooks (_embeds/_pool) and safetensors tags
 
 
 def open_clip_module():
@@ -47,10 +46,10 @@ def open_clip_module():
         import open_clip
 
     if not hasattr(open_clip, "get_model_preprocess_cfg"):
-        from importlib.metadata import version
+        from .stack import FLOORS
 
-        raise KitError(f"open_clip_torch {version('open_clip_torch')} is older than {MIN_OPEN_CLIP}, the oldest this kit "
-                       f"supports; pip install 'open_clip_torch>={MIN_OPEN_CLIP}'")
+        raise KitError(f"this open_clip has no get_model_preprocess_cfg (added in 2.24); pip install "
+                       f"'open_clip_torch>={FLOORS['open_clip_torch']}'")
 
     if TINY_MODEL not in open_clip.list_models():
         open_clip.add_model_config(TINY_CONFIG)

@@ -418,3 +418,19 @@ def test_missing_ais_bench_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "x.om").write_text("{}")
     with pytest.raises(KitError, match="aclruntime and ais_bench wheels"):
         AscendSession(tmp_path / "x.om")
+
+
+def test_busy_npu_readings_are_recorded_and_marked_in_the_report(tmp_path):
+    from openclip_ascend.npu import idle_check
+    from openclip_ascend.report import write_report
+
+    readings, warnings = idle_check([0, 1], text=(NPU_SMI / "910B3_alarm_with_process.txt").read_text())
+    assert readings["0"]["busy"] and readings["0"]["aicore_percent"] == 12 and not readings["1"]["busy"]
+    assert len(warnings) == 1 and warnings[0].startswith("NPU device 0 is busy")
+    with pytest.raises(KitError, match="NPU device 0 is busy"):
+        idle_check([0], require_idle=True, text=(NPU_SMI / "910B3_alarm_with_process.txt").read_text())
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "performance.json").write_text(json.dumps(
+        {"throughput": {"ascend": {"8": {"vision": 285.0}}}, "latency_ms": {}, "loops": 20, "npu_state": readings,
+         "npu_warnings": warnings}))
+    assert "**Measured on a busy NPU, figures unreliable**: NPU device 0 is busy" in write_report(tmp_path).read_text()

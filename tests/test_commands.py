@@ -41,3 +41,27 @@ def test_pip_install_gives_the_command_and_the_bundled_model(tmp_path):
     assert result.returncode == 2  # the reference's default folders are not there: one line, no traceback
     assert result.stderr.strip() == ("error: om_outputs/vision_embed_bs8: embedding folder not found; point it at "
                                      "ais_bench's --output/--output_dirname")
+
+
+def test_floors_match_the_requirements_and_the_floor_lane():
+    import re
+
+    from openclip_ascend.stack import FLOORS
+
+    lower = dict(re.findall(r"^([A-Za-z_]+)>=([\d.]+)", (ROOT / "requirements.txt").read_text(), re.M))
+    pinned = dict(re.findall(r"^([A-Za-z_]+)==([\d.]+)", (ROOT / "requirements-floor.txt").read_text(), re.M))
+    for name, floor in FLOORS.items():
+        assert lower[name] == floor, name
+        assert pinned[name].startswith(floor + "."), name  # the floor lane installs that release
+
+
+def test_an_older_package_stops_with_one_line(monkeypatch):
+    from importlib import metadata
+
+    from openclip_ascend.files import KitError
+    from openclip_ascend.stack import check_versions
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "2.20.0" if name == "open_clip_torch" else real(name))
+    with pytest.raises(KitError, match=r"^open_clip_torch 2\.20\.0 is older than 2\.24, the oldest this kit supports"):
+        check_versions()
