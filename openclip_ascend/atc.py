@@ -6,6 +6,7 @@ input name and shape read from the ONNX graph itself so any model and image size
 write ``PREFIX.om`` or ``PREFIX_linux_<arch>.om``; the produced file is looked up, never assumed.
 """
 
+import functools
 import json
 import re
 import shlex
@@ -47,20 +48,33 @@ class AtcJob:
         return self.output.with_name(self.output.name + ".atc.json")
 
 
-def graph_input(path):
-    """(input name, dims with None for symbolic ones) of a single-input ONNX graph."""
+@functools.lru_cache(maxsize=8)
+def _graph_facts(path, mtime_ns):
+    """(graph inputs [(name, dims)], nodes [(name, op_type)], external data locations) of one graph
+    version, read once: a graph with embedded weights is hundreds of MB to parse."""
     import onnx
 
+    graph = onnx.load(path, load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [(i.name, [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
+              for i in graph.input if i.name not in initializers]
+    locations = {entry.value for init in graph.initializer for entry in init.external_data if entry.key == "location"}
+    return inputs, [(node.name, node.op_type) for node in graph.node], locations
+
+
+def graph_facts(path):
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: ONNX model not found; export it with openclip_torch2onnx.py")
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    return _graph_facts(str(path), path.stat().st_mtime_ns)
+
+
+def graph_input(path):
+    """(input name, dims with None for symbolic ones) of a single-input ONNX graph."""
+    inputs = graph_facts(path)[0]
     if len(inputs) != 1:
-        raise KitError(f"{path}: expected one graph input, found {[i.name for i in inputs]}")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    return inputs[0].name, dims
+        raise KitError(f"{path}: expected one graph input, found {[name for name, _ in inputs]}")
+    return inputs[0]
 
 
 def input_shape_arg(name, dims, batch):
@@ -91,16 +105,14 @@ def keep_dtype_nodes(path, soc_version=""):
     (``…/ln_1/ReduceMean``), every Softmax, and the head after the last LayerNorm (pooling, final
     projection, L2 normalisation). On 310P only vector ops: it has no fp32 Cube path, so a MatMul or
     Conv kept in fp32 would run on the AI CPU."""
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node
-    in_norm = [any(LAYERNORM_SCOPE.match(part) for part in node.name.split("/")[:-1]) or
-               node.op_type == "LayerNormalization" for node in nodes]
+    nodes = graph_facts(path)[1]
+    in_norm = [any(LAYERNORM_SCOPE.match(part) for part in name.split("/")[:-1]) or op_type == "LayerNormalization"
+               for name, op_type in nodes]
     last_norm = max((i for i, flag in enumerate(in_norm) if flag), default=len(nodes))
     vector_only = is_310p(soc_version)
-    return [node.name for i, node in enumerate(nodes)
-            if node.name and node.op_type != "Constant" and not (vector_only and node.op_type in CUBE_OPS)
-            and (in_norm[i] or node.op_type == "Softmax" or i > last_norm)]
+    return [name for i, (name, op_type) in enumerate(nodes)
+            if name and op_type != "Constant" and not (vector_only and op_type in CUBE_OPS)
+            and (in_norm[i] or op_type == "Softmax" or i > last_norm)]
 
 
 def check_precision_for_chip(mode, soc_version, tower):
@@ -113,11 +125,7 @@ def check_precision_for_chip(mode, soc_version, tower):
 
 def check_external_data(path):
     """A graph over 2 GB keeps its weights in files beside it; atc reads them from there."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    locations = {entry.value for init in graph.initializer for entry in init.external_data if entry.key == "location"}
-    for location in sorted(locations):
+    for location in sorted(graph_facts(path)[2]):
         if not (Path(path).parent / location).is_file():
             raise KitError(f"{Path(path).parent / location}: missing beside {path}, which keeps its weights there; "
                            "copy the graph and its .data file together (or re-export)")
@@ -125,9 +133,7 @@ def check_external_data(path):
 
 def check_keep_dtype(names, path):
     """Older atc (CANN 6–7.0) fails a compile whose --keep_dtype names a node missing from the graph."""
-    import onnx
-
-    nodes = {node.name for node in onnx.load(str(path), load_external_data=False).graph.node}
+    nodes = {name for name, _ in graph_facts(path)[1]}
     missing = [name for name in names if name not in nodes]
     if missing:
         raise KitError(f"{path}: the keep_dtype list names {len(missing)} nodes not in this graph (first: "

@@ -186,14 +186,19 @@ class AscendSession:
         if not path.is_file():
             raise KitError(f"{path}: OM model not found; compile it with convert/onnx2om.py")
         self.session = ais_bench_infer_session()(int(device_id), str(path))
+        try:
+            self._describe(path, dym_batch)
+        except KitError:
+            self.close()  # a refused OM releases its device too
+            raise
+
+    def _describe(self, path, dym_batch):
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            self.close()
             raise KitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         desc = inputs[0]
         dtype_name = str(desc.datatype).rsplit(".", 1)[-1].lower()
         if dtype_name not in _ACL_DTYPES:
-            self.close()
             raise KitError(f"{path}: input dtype {desc.datatype} is not one this kit feeds")
         self.input_name, self.output_name = desc.name, outputs[0].name
         self.input_dtype = np.dtype(_ACL_DTYPES[dtype_name])
@@ -209,16 +214,13 @@ class AscendSession:
         known = f"its gears are {','.join(map(str, gears))}" if gears else \
             "its gears are the values atc's --dynamic_batch_size was given"
         if batch != -1:
-            self.close()
             raise KitError(f"--dymBatch {dym_batch}: {path} is a static batch-{batch} OM; drop --dymBatch")
         if not dym_batch or (gears and int(dym_batch) not in gears):
-            self.close()
             given = f"--dymBatch {dym_batch} is not one of them" if dym_batch else "it needs --dymBatch N"
             raise KitError(f"{path}: a dynamic-batch OM ({known}); {given}")
         try:
             self.session.set_dynamic_batchsize(int(dym_batch))
         except RuntimeError as exc:
-            self.close()
             raise KitError(f"--dymBatch {dym_batch}: {path} refused it ({exc}); {known}") from exc
         return int(dym_batch)
 

@@ -84,6 +84,18 @@ def image_stem(file_name):
     return Path(file_name).name.split(".", 1)[0]
 
 
+def stem_clash(names):
+    """The first two names (files or paths) that share an ``image_stem`` — whose arrays or ais_bench
+    outputs would overwrite each other — or None."""
+    first = {}
+    for name in names:
+        stem = image_stem(name)
+        if stem in first:
+            return first[stem], name
+        first[stem] = name
+    return None
+
+
 class Problems:
     """Bad input under the ``--on-error`` policy: ``stop`` raises at the first, ``skip`` records each."""
 

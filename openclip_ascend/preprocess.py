@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .dataset import ANNOTATION_FILE, Problems, image_stem, read_annotations
+from .dataset import ANNOTATION_FILE, Problems, image_stem, read_annotations, stem_clash
 from .files import KitError, save_npy
 from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
@@ -139,14 +139,12 @@ def check_unique_stems(names, data_dir):
     """Arrays are named by the part of the file name before its first dot, as ais_bench names its
     outputs: two images with one stem would overwrite each other's array and captions. A naming clash
     is no bad image, so it stops the run under every ``--on-error`` before anything is written."""
-    first = {}
-    for name in names:
-        stem = image_stem(name)
-        if stem in first:
-            raise KitError(f"{Path(data_dir) / first[stem]} and {Path(data_dir) / name}: both would become "
-                           f"images/{stem}.npy (arrays are named by the part before the first dot); rename one "
-                           f"of them and its lines in {ANNOTATION_FILE}")
-        first[stem] = name
+    clash = stem_clash(names)
+    if clash:
+        first, second = clash
+        raise KitError(f"{Path(data_dir) / first} and {Path(data_dir) / second}: both would become "
+                       f"images/{image_stem(first)}.npy (arrays are named by the part before the first dot); rename "
+                       f"one of them and its lines in {ANNOTATION_FILE}")
 
 
 def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False):

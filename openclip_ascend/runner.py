@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .dataset import image_stem
+from .dataset import image_stem, stem_clash
 from .files import KitError, atomic_path, natural_key, save_npy, write_json
 
 OUTPUT_FORMATS = ("NPY", "BIN", "TXT")
@@ -41,13 +41,10 @@ def list_input_files(inputs):
             files.append(path)
         else:
             raise KitError(f"{path}: --input path not found")
-    named = {}
-    for path in files:
-        stem = image_stem(path.name)
-        if stem in named:
-            raise KitError(f"{named[stem]} and {path}: both would write the output {stem}_0 (ais_bench names outputs "
-                           "by the part before the first dot); rename one of them")
-        named[stem] = path
+    clash = stem_clash(files)
+    if clash:
+        raise KitError(f"{clash[0]} and {clash[1]}: both would write the output {image_stem(clash[0])}_0 (ais_bench "
+                       "names outputs by the part before the first dot); rename one of them")
     return files
 
 
