@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .export import onnx_path
+from .text_lengths import DYNAMIC_LENGTH, base_tower, text_graph
 from .towers import TOWERS
 from .files import KitError, atomic_path, write_json, write_text
 
@@ -140,19 +141,19 @@ def check_keep_dtype(names, path):
                        f"{missing[0]}); re-run convert on the graph it was made from")
 
 
-def parse_precision(value, towers):
-    """``mixed`` for every tower, or ``vision=mixed,text=fp16`` per tower → {tower: preset or atc mode}."""
-    if not value:
-        return {tower: None for tower in towers}
-    if "=" not in value:
-        return {tower: value for tower in towers}
-    chosen = {tower: None for tower in towers}
-    for part in value.split(","):
-        tower, _, mode = part.partition("=")
-        if tower.strip() not in chosen or not mode.strip():
-            raise KitError(f"--precision-mode {value!r}: write MODE, or TOWER=MODE pairs for the towers {towers}")
-        chosen[tower.strip()] = mode.strip()
-    return chosen
+def parse_precision(value, graphs):
+    """``mixed`` for every graph, or ``vision=mixed,text=fp16`` per tower (a text length variant takes
+    the text tower's) → {graph: preset or atc mode}."""
+    towers = sorted({base_tower(graph) for graph in graphs})
+    chosen = {tower: value or None for tower in towers}
+    if value and "=" in value:
+        chosen = {tower: None for tower in towers}
+        for part in value.split(","):
+            tower, _, mode = part.partition("=")
+            if tower.strip() not in chosen or not mode.strip():
+                raise KitError(f"--precision-mode {value!r}: write MODE, or TOWER=MODE pairs for the towers {towers}")
+            chosen[tower.strip()] = mode.strip()
+    return {graph: chosen[base_tower(graph)] for graph in graphs}
 
 
 def precision_args(precision_mode=None, precision_mode_v2=None, keep_dtype_file=None):
@@ -172,7 +173,8 @@ def om_stem(prefix, tower, batch_label, tag=""):
 
 def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dynamic_batch=False,
               precision_mode=None, precision_mode_v2=None, atc_args="", tag=""):
-    """The atc commands to run: one per tower × batch size, or one per tower with all gears."""
+    """The atc commands to run: one per graph × batch size, or one per graph with all gears; ``towers``
+    holds graph names (``vision``, ``text``, a text length bucket ``text_len32``)."""
     extra = shlex.split(atc_args or "")
     if any(arg.split("=")[0] in PRECISION_FLAGS + ("--keep_dtype",) for arg in extra):
         raise KitError("--atc-args: pass precision through --precision-mode / --precision-mode-v2")
@@ -185,19 +187,20 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
     out_prefix = Path(output_dir) / prefix.name if output_dir else prefix
     jobs = []
     for tower in towers:
-        if tower not in TOWERS:
-            raise KitError(f"--towers: unknown tower {tower!r}; choose from vision, text")
+        if base_tower(tower) not in TOWERS or tower == text_graph(DYNAMIC_LENGTH):
+            raise KitError(f"--towers: unknown graph {tower!r}; choose from vision, text and text length buckets "
+                           "(text_len32: see --text-lengths)")
         model = onnx_path(prefix, tower)
         name, dims = graph_input(model)
         check_external_data(model)
-        check_precision_for_chip(modes[tower], soc_version, tower)
+        check_precision_for_chip(modes[tower], soc_version, base_tower(tower))
         gears = [",".join(str(b) for b in batch_sizes)] if dynamic_batch else [str(b) for b in batch_sizes]
         keep_nodes = keep_dtype_nodes(model, soc_version) if modes[tower] == "mixed" else []
         for gear in gears:
             label = "dynbs" if dynamic_batch else f"bs{gear}"
             output = om_stem(out_prefix, tower, label, tag)
             command = ["atc", "--framework=5", f"--model={model}", f"--output={output}",
-                       f"--input_format={TOWERS[tower].input_format}",
+                       f"--input_format={TOWERS[base_tower(tower)].input_format}",
                        f"--input_shape={input_shape_arg(name, dims, -1 if dynamic_batch else int(gear))}",
                        "--log=error", f"--soc_version={soc_version}"]
             if dynamic_batch:

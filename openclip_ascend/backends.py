@@ -67,6 +67,12 @@ class OnnxRuntimeSession:
         self.input_dtype = np.dtype({"tensor(float)": np.float32, "tensor(int64)": np.int64,
                                      "tensor(int32)": np.int32, "tensor(float16)": np.float16}[inputs[0].type])
         self.output_name = outputs[0].name
+        if self.input_dtype.kind == "i" and len(self.input_shape) == 2 and self.input_shape[1] is None:
+            context = self.session.get_modelmeta().custom_metadata_map.get("context_length", "")
+            if not context.isdigit():
+                raise KitError(f"{path}: the token input's length axis is dynamic but the graph does not record the "
+                               "model's context length; export it with openclip_torch2onnx.py --text-lengths dyn")
+            self.token_widths = range(1, int(context) + 1)  # the runner cuts each batch to what it needs
 
     def run(self, batch):
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -241,9 +247,65 @@ class AscendSession:
         self.session.finalize()
 
 
+class BucketedSession:
+    """Text models of several static lengths (length buckets: e.g. a 32- and the 77-token OM) as one
+    session: each batch, already cut to one of their lengths by the runner, runs on that model."""
+
+    def __init__(self, sessions, paths):
+        by_width = {}
+        for session, path in zip(sessions, paths):
+            shape = session.input_shape
+            if session.input_dtype.kind != "i" or len(shape) != 2 or shape[1] is None:
+                raise KitError(f"{path}: length buckets are text models with a fixed token length; this one takes "
+                               f"{session.input_dtype} {shape}")
+            if shape[1] in by_width:
+                raise KitError(f"{path}: two models take {shape[1]} tokens; give one per length")
+            by_width[shape[1]] = session
+        batches = {session.input_shape[0] for session in sessions}
+        if len(batches) > 1:
+            raise KitError(f"{', '.join(map(str, paths))}: length buckets must share one batch size, found "
+                           f"{sorted(batches, key=str)}")
+        self.sessions = dict(sorted(by_width.items()))
+        self.token_widths = tuple(self.sessions)
+        longest = self.sessions[self.token_widths[-1]]
+        self.name, self.input_name, self.output_name = longest.name, longest.input_name, longest.output_name
+        self.input_dtype, self.input_shape = longest.input_dtype, longest.input_shape
+        self._last = longest
+
+    def run(self, batch):
+        self._last = self.sessions[batch.shape[1]]
+        return self._last.run(batch)
+
+    @property
+    def last_execute_ms(self):
+        """The execute time of the model that ran last, where it keeps one (an OM)."""
+        return getattr(self._last, "last_execute_ms", None)
+
+    def close(self):
+        for session in self.sessions.values():
+            session.close()
+
+
 def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
                  dym_batch=None):
-    """Pick the session for ``backend``; ``auto`` decides from the model file's suffix."""
+    """Pick the session for ``backend``; ``auto`` decides from the model file's suffix. Several
+    comma-separated text models of different token lengths run as length buckets."""
+    if model and "," in str(model):
+        paths = [part.strip() for part in str(model).split(",")]
+        sessions = []
+        try:
+            for path in paths:
+                sessions.append(_open_one(backend, path, model_name, pretrained, tower, device, dym_batch))
+            return BucketedSession(sessions, paths)
+        except KitError:
+            for session in sessions:
+                session.close()
+            raise
+    return _open_one(backend, model, model_name, pretrained, tower, device, dym_batch)
+
+
+def _open_one(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
+                 dym_batch=None):
     if backend == "torch":
         if not model_name:
             raise KitError("--backend torch needs --model-name and --tower (--pretrained: a checkpoint file or cached "

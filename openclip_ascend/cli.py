@@ -45,3 +45,12 @@ def csv_ints(text, minimum=1):
     if repeated:
         raise KitError(f"{text!r}: {repeated[0]} appears twice; each value names its own outputs, give it once")
     return values
+
+
+def parse_text_lengths(text):
+    """``"dyn,32"`` → ``["dyn", 32]`` for --text-lengths / TEXT_LENGTHS."""
+    from .text_lengths import DYNAMIC_LENGTH
+
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    numbers = [part for part in parts if part != DYNAMIC_LENGTH]
+    return [DYNAMIC_LENGTH] * (DYNAMIC_LENGTH in parts) + (csv_ints(",".join(numbers), minimum=3) if numbers else [])

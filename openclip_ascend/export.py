@@ -15,7 +15,8 @@ import torch
 
 from .files import KitError, staging_dir
 from .metrics import compare_embeddings
-from .towers import TOWERS, attend, example_inputs, plain_self_attention, tower_module
+from .text_lengths import DYNAMIC_LENGTH, text_graph
+from .towers import TOWERS, attend, example_inputs, input_geometry, plain_self_attention, tower_module, trims_exactly
 
 DEFAULT_OPSET = 14  # lowest the TorchScript exporter handles with torch 2.x attention; ATC in CANN 7 takes 9–18
 # CANN's ONNX parser registers every op these graphs use at opsets 11, 13, 14 and 17; at 18 ReduceL2 is
@@ -30,13 +31,15 @@ TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.
 EXTERNAL_DATA_BYTES = 1_900_000_000
 
 
-def onnx_path(prefix, tower):
-    return Path(f"{prefix}_{tower}.onnx")
+def onnx_path(prefix, graph):
+    """``{prefix}_{graph}.onnx``; ``graph`` a tower or a text length variant (``text_len32``)."""
+    return Path(f"{prefix}_{graph}.onnx")
 
 
 @contextlib.contextmanager
-def plain_attention(model):
-    """Route every batch-first self-attention with no mask or a 2-D one through ``attend`` while exporting."""
+def plain_attention(model, static=True):
+    """Route every self-attention with no mask or a 2-D one through ``attend`` while exporting
+    (``static``: see ``attend``)."""
     patched = []
     for module in model.modules():
         if plain_self_attention(module):
@@ -46,7 +49,10 @@ def plain_attention(model):
                 mask = kwargs.get("attn_mask")
                 if (query is key is value and not args and kwargs.get("key_padding_mask") is None
                         and (mask is None or mask.dim() == 2)):
-                    return attend(_module, query, query, mask), None
+                    if _module.batch_first:
+                        return attend(_module, query, query, mask, static), None
+                    rows = query.transpose(0, 1)  # open_clip before 2.27: sequence-first
+                    return attend(_module, rows, rows, mask, static).transpose(0, 1), None
                 return _original(query, key, value, *args, **kwargs)
 
             module.forward = forward
@@ -81,29 +87,38 @@ def given_examples(model, model_name, pretrained=None, image=None, text=None):
     return examples
 
 
-def _tracing_input(model, tower, given=None):
+def _tracing_input(model, tower, given=None, length=None):
     """A batch of 2 (a dynamic batch axis cannot be traced from a size-1 example): the given input
-    first where there is one."""
+    first where there is one. A text length variant is traced at its own length (a dynamic one at half
+    the context, so a length baked into the graph by mistake fails the parity check)."""
+    if length is not None:
+        tokens = input_geometry(model)[1] // 2 if length == DYNAMIC_LENGTH else int(length)
+        return example_inputs(model, tower, batch=2, max_tokens=tokens)[:, :tokens]
     fresh = example_inputs(model, tower, batch=2)
     return fresh if given is None else np.concatenate([given, fresh[:1]]).astype(fresh.dtype)
 
 
-def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None):
+def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None, length=None):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output.
 
     ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
     MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
-    ``given`` is a (1, …) input to trace with (the reference's ``--image`` / ``--text``).
+    ``given`` is a (1, …) input to trace with (the reference's ``--image`` / ``--text``). ``length``
+    (text): a static token count below the context, or ``DYNAMIC_LENGTH`` for a dynamic sequence axis;
+    the graph records the model's context length in its metadata (``context_length``).
     """
     import onnx
 
     spec = TOWERS[tower]
     path = Path(path)
-    module = tower_module(model, tower, pooled_last_block=rewrite)
-    example = torch.from_numpy(_tracing_input(model, tower, given))
+    module = tower_module(model, tower, pooled_last_block=rewrite, length=length)
+    example = torch.from_numpy(_tracing_input(model, tower, given, length))
+    dynamic_axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}}
+    if length == DYNAMIC_LENGTH:
+        dynamic_axes[spec.input_name][1] = "sequence"
     # no torch.no_grad() here: under it nn.MultiheadAttention takes its fused fast path, an op the
     # TorchScript exporter cannot translate; with grad enabled it traces as plain MatMul/Softmax
-    attention = plain_attention(model) if rewrite else contextlib.nullcontext()
+    attention = plain_attention(model, static=length != DYNAMIC_LENGTH) if rewrite else contextlib.nullcontext()
     with staging_dir(path) as work, warnings.catch_warnings(), attention:
         # the exporter's and tracer's notes on open_clip internals are not actionable for a user
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
@@ -111,12 +126,13 @@ def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=No
         raw = work / "graph.onnx"  # beside it, one file per weight if the graph exceeds 2 GB
         torch.onnx.export(
             module, (example,), str(raw), **TORCHSCRIPT_EXPORTER, opset_version=opset,
-            input_names=[spec.input_name], output_names=[spec.output_name],
-            dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
+            input_names=[spec.input_name], output_names=[spec.output_name], dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
         graph_model = onnx.load(str(raw))
         _fix_output_width(graph_model, module(example).shape[-1])
+        if tower == "text":
+            onnx.helper.set_model_props(graph_model, {"context_length": str(input_geometry(model)[1])})
         save_onnx(graph_model, path)
     return path
 
@@ -190,6 +206,58 @@ def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, 
         report[tower] = {"path": str(path),
                          "parity": check_parity(model, tower, path, given=given) if check else None}
     return report
+
+
+LENGTH_PARITY_TOLERANCE = 1e-5  # a shorter text graph against the full-length graph: the same arithmetic
+
+
+def export_text_lengths(model, prefix, lengths, opset=DEFAULT_OPSET, check=True):
+    """Text graphs shorter than the context, for exact length trimming: a static one per int in
+    ``lengths`` (an NPU's length buckets) and ``DYNAMIC_LENGTH`` for the CPU's dynamic one. Each is
+    checked against the full-length graph (exported first) on captions that fit it; returns
+    {graph: {"path": …, "parity": {case: stats}}}."""
+    context = input_geometry(model)[1]
+    if not trims_exactly(model):
+        raise KitError("this model's text tower attends to or pools every token, so shorter text graphs would change "
+                       "its embeddings; run it at the full length (drop --text-lengths)")
+    report = {}
+    for length in lengths:
+        if length != DYNAMIC_LENGTH and not 3 <= int(length) < context:
+            raise KitError(f"--text-lengths {length}: a bucket holds 3 to {context - 1} tokens (the full {context} is "
+                           "the reference graph itself)")
+        graph = text_graph(length)
+        path = export_tower(model, "text", onnx_path(prefix, graph), opset, length=length)
+        report[graph] = {"path": str(path), "parity": check_length_parity(model, prefix, length) if check else None}
+    return report
+
+
+def check_length_parity(model, prefix, length):
+    """The shorter graph on captions that fit it (trimmed as the runner trims them) against the
+    full-length graph on the same captions, batch 1 and 3, and rows truncated at the context for the
+    dynamic graph; raises KitError beyond ``LENGTH_PARITY_TOLERANCE``."""
+    from .backends import OnnxRuntimeSession
+    from .text_lengths import trimmed_width
+
+    full = OnnxRuntimeSession(_exported(prefix, "text"))
+    short = OnnxRuntimeSession(onnx_path(prefix, text_graph(length)))
+    context = input_geometry(model)[1]
+    limit = context if length == DYNAMIC_LENGTH else int(length)
+    cases = {batch: example_inputs(model, "text", batch, seed=seed, max_tokens=limit)
+             for seed, batch in enumerate((1, 3), 1)}
+    if length == DYNAMIC_LENGTH:  # a caption the tokenizer cut at the context: its EOT is the last token
+        truncated = example_inputs(model, "text", 2, seed=4)
+        truncated[0, 1:] = np.arange(1, context)
+        truncated[0, -1] = 49407
+        cases["truncated"] = truncated
+    results = {}
+    for key, tokens in cases.items():
+        width = trimmed_width(tokens, None if length == DYNAMIC_LENGTH else (int(length),))
+        results[key] = compare_embeddings(full.run(tokens), short.run(np.ascontiguousarray(tokens[:, :width])))
+    worst = max(result["max_abs_diff"] for result in results.values())
+    if worst > LENGTH_PARITY_TOLERANCE:
+        raise KitError(f"{onnx_path(prefix, text_graph(length))}: differs from the full-length text graph by {worst:.2e} "
+                       f"(> {LENGTH_PARITY_TOLERANCE:g}) on captions that fit it; report the model name")
+    return results
 
 
 def _exported(prefix, tower):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .files import KitError, read_json, write_json
 from .models import TINY_MODEL, default_pretrained, is_random_weights
+from .text_lengths import DYNAMIC_LENGTH, text_graph
 
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
 INT8 = "onnxruntime-int8"
@@ -44,6 +45,9 @@ class RunConfig:
     opset: int = None
     perf_loops: int = 20
     perf_budget: float = 0.0  # seconds a noisy throughput figure may be re-measured until it is stable
+    # exact text-length trimming: "dyn" runs each ONNX batch only as far as its longest caption; token
+    # counts (e.g. 32) add static length-bucket OMs beside the full-length one
+    text_lengths: list = field(default_factory=lambda: ["dyn"])
     require_idle: bool = False  # a busy NPU before step 6 stops the run instead of a warning
     commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
 
@@ -122,12 +126,21 @@ def step_export(config):
     opset = config.opset or DEFAULT_OPSET
     config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
                config.pretrained, "--onnx-prefix", config.onnx_prefix, "--opset", opset)
-    towers = export_model(load_model(config.model_name, config.pretrained), config.onnx_prefix, opset=opset)
+    model = load_model(config.model_name, config.pretrained)
+    towers = export_model(model, config.onnx_prefix, opset=opset)
+    lengths = _text_lengths(config, model)
+    if lengths:
+        from .export import export_text_lengths
+
+        config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
+                   config.pretrained, "--onnx-prefix", config.onnx_prefix, "--opset", opset, "--towers", "text",
+                   "--text-lengths", ",".join(map(str, lengths)))
+        towers.update(export_text_lengths(model, config.onnx_prefix, lengths, opset))
     if config.int8:
         from .export import quantize_int8
 
-        for tower in TOWER_INPUTS:
-            towers[tower]["int8_path"] = str(quantize_int8(config.onnx_prefix, tower))
+        for graph in list(TOWER_INPUTS) + ([text_graph(DYNAMIC_LENGTH)] if DYNAMIC_LENGTH in lengths else []):
+            towers[graph]["int8_path"] = str(quantize_int8(config.onnx_prefix, graph))
     if config.fp16_estimate:
         from .export import simulate_fp16
 
@@ -137,6 +150,38 @@ def step_export(config):
               "random_weights": config.random_weights, "towers": towers}
     write_json(config.output_dir / "export.json", report)
     return report
+
+
+def _text_lengths(config, model):
+    """The shorter text graphs this run makes: none when the text tower reads every token (said once)."""
+    from .towers import trims_exactly
+
+    if not config.text_lengths:
+        return []
+    if not trims_exactly(model):
+        print(f"text length trimming off: {config.model_name}'s text tower attends to or pools every token, so every "
+              "caption runs at the full context")
+        return []
+    return list(config.text_lengths)
+
+
+def _exported_graphs(config):
+    """Graph names step 2 wrote for this run (``text_dynlen``, ``text_len32``, …)."""
+    path = config.output_dir / "export.json"
+    return set(read_json(path).get("towers", {})) if path.is_file() else set()
+
+
+def _text_graph(config, backend):
+    """The text graph an ONNX Runtime backend runs: the dynamic-length one where step 2 made it (not for
+    the fp16 estimate, which stands for the full-length OM)."""
+    dynamic = text_graph(DYNAMIC_LENGTH)
+    return dynamic if backend != FP16_ESTIMATE and dynamic in _exported_graphs(config) else "text"
+
+
+def _length_buckets(config):
+    """Static text lengths compiled beside the full-length OM, as step 2 exported them."""
+    return sorted(int(graph.rsplit("len", 1)[1]) for graph in _exported_graphs(config)
+                  if graph.startswith("text_len"))
 
 
 def step_convert(config):
@@ -151,11 +196,14 @@ def step_convert(config):
     soc, _, warnings = detect_soc_version(config.soc_version)
     for warning in warnings:
         print(f"warning: {warning}")
+    buckets = ",".join(map(str, _length_buckets(config)))
     config.log("python", "convert/onnx2om.py", "--onnx-prefix", config.onnx_prefix, "--batch-sizes",
                ",".join(map(str, config.batch_sizes)), "--soc-version", soc,
+               *(["--text-lengths", buckets] if buckets else []),
                *(["--dynamic-batch"] if config.dynamic_batch else []),
                *(["--precision-mode", config.precision_mode] if config.precision_mode else []))
-    jobs = run_jobs(plan_jobs(config.onnx_prefix, list(TOWER_INPUTS), config.batch_sizes, soc,
+    graphs = list(TOWER_INPUTS) + [text_graph(length) for length in _length_buckets(config)]
+    jobs = run_jobs(plan_jobs(config.onnx_prefix, graphs, config.batch_sizes, soc,
                               dynamic_batch=config.dynamic_batch, precision_mode=config.precision_mode))
     print(markdown_table(SUMMARY_HEADERS, summary_rows(jobs)))
     failed = [job for job in jobs if job.status == "failed"]
@@ -166,34 +214,46 @@ def step_convert(config):
 
 
 def _om(config, tower, batch):
+    """The tower's OM for ``batch``; for text with length buckets, theirs too, comma-separated
+    (shortest first: the runner's BucketedSession)."""
     from .atc import find_om, om_stem
 
-    stem = om_stem(config.onnx_prefix, tower, "dynbs" if config.dynamic_batch else f"bs{batch}")
-    om = find_om(stem)
-    if om is None:
-        raise KitError(f"{stem}.om not found; run step 3 (convert) first")
-    return om
+    graphs = [tower] if tower == "vision" else [text_graph(length) for length in _length_buckets(config)] + [tower]
+    oms = []
+    for graph in graphs:
+        stem = om_stem(config.onnx_prefix, graph, "dynbs" if config.dynamic_batch else f"bs{batch}")
+        om = find_om(stem)
+        if om is None:
+            raise KitError(f"{stem}.om not found; run step 3 (convert) first")
+        oms.append(str(om))
+    return ",".join(oms)
 
 
 def _cpu_session(config, backend, tower):
     from .backends import OnnxRuntimeSession, TorchSession
-    from .export import fp16_estimate_path, int8_path, onnx_path
 
     if backend == "torch":
         return TorchSession(config.model_name, config.pretrained, tower)
+    return OnnxRuntimeSession(_onnx_model(config, backend, tower), device="cuda" if backend == GPU else "cpu")
+
+
+def _onnx_model(config, backend, tower):
+    """The ONNX file an ONNX Runtime backend runs for ``tower``."""
+    from .export import fp16_estimate_path, int8_path, onnx_path
+
+    graph = _text_graph(config, backend) if tower == "text" else tower
     if backend == INT8:
-        return OnnxRuntimeSession(int8_path(config.onnx_prefix, tower))
+        return int8_path(config.onnx_prefix, graph)
     if backend == FP16_ESTIMATE:
-        return OnnxRuntimeSession(fp16_estimate_path(config.onnx_prefix, tower))
-    return OnnxRuntimeSession(onnx_path(config.onnx_prefix, tower), device="cuda" if backend == GPU else "cpu")
+        return fp16_estimate_path(config.onnx_prefix, graph)
+    return onnx_path(config.onnx_prefix, graph)
 
 
 def _runs(config):
     """(backend, batch, tower, model flags, run) for every combination; ``run(**infer kwargs)`` returns
     the ais_bench-style summary. OMs run on ``config.devices`` (one process per device when several),
     dynamic-batch OMs at each gear; the CPU sessions are built once per tower."""
-    from .backends import AscendSession
-    from .export import fp16_estimate_path, int8_path, onnx_path
+    from .backends import open_session
     from .runner import infer, infer_devices, infer_opened
 
     for backend in backends_of(config):
@@ -205,21 +265,18 @@ def _runs(config):
                     flags = ["--model", om] + (["--dymBatch", gear] if gear else []) + \
                             (["--device", ",".join(map(str, config.devices))] if config.devices != [0] else [])
                     if len(config.devices) > 1:
-                        run = functools.partial(infer_devices, {"backend": "ascend", "model": str(om), "dym_batch": gear},
+                        run = functools.partial(infer_devices, {"backend": "ascend", "model": om, "dym_batch": gear},
                                                 config.devices)
                     else:
-                        run = functools.partial(infer_opened,
-                                                functools.partial(AscendSession, om, config.devices[0], gear))
+                        run = functools.partial(infer_opened, functools.partial(
+                            open_session, "ascend", om, device=config.devices[0], dym_batch=gear))
                 else:
                     if tower not in sessions:
                         sessions[tower] = _cpu_session(config, backend, tower)
                     run = functools.partial(infer, sessions[tower])
-                    flags = {"torch": ["--backend", "torch", "--model-name", config.model_name, "--pretrained",
-                                       config.pretrained, "--tower", tower],
-                             INT8: ["--model", int8_path(config.onnx_prefix, tower)],
-                             FP16_ESTIMATE: ["--model", fp16_estimate_path(config.onnx_prefix, tower)],
-                             GPU: ["--model", onnx_path(config.onnx_prefix, tower), "--device", "cuda"],
-                             }.get(backend, ["--model", onnx_path(config.onnx_prefix, tower)])
+                    flags = ["--backend", "torch", "--model-name", config.model_name, "--pretrained", config.pretrained,
+                             "--tower", tower] if backend == "torch" else \
+                        ["--model", _onnx_model(config, backend, tower)] + (["--device", "cuda"] if backend == GPU else [])
                 yield backend, batch, tower, flags, run
 
 
@@ -231,7 +288,8 @@ def step_infer(config):
                    tower, "--outfmt", "NPY", "--batchsize", batch)
         summary = run(input=str(folder), output=str(out), output_dirname=tower, outfmt="NPY", batchsize=batch)
         results.setdefault(backend, {}).setdefault(batch, {})[tower] = {
-            "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"]}
+            "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"],
+            **({"tokens_per_sample": summary["tokens_per_sample"]} if "tokens_per_sample" in summary else {})}
     return results
 
 
@@ -346,8 +404,9 @@ def run_steps(config, steps=tuple(STEPS)):
         if number not in STEPS:
             raise KitError(f"step {number}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
         print(f"=== step {number}: {STEP_NAMES[number]} ===")
-        first = len(config.commands)
+        first, start = len(config.commands), time.perf_counter()
         results[STEP_NAMES[number]] = STEPS[number](config)
         commands[STEP_NAMES[number]] = config.commands[first:]
+        results.setdefault("seconds", {})[STEP_NAMES[number]] = round(time.perf_counter() - start, 2)
         write_json(results_path, results)
     return results

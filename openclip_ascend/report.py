@@ -118,11 +118,23 @@ def write_report(run_dir):
             sections += ["![throughput against batch size](throughput.png)", ""]
     infer = results.get("infer") or {}
     if infer:
-        rows = [[backend, batch, tower, f"{v['compute_fps']:.1f}", f"{v['e2e_fps']:.1f}"]
+        rows = [[backend, batch, tower, f"{v['compute_fps']:.1f}", f"{v['e2e_fps']:.1f}",
+                 f"{v['tokens_per_sample']:.1f}" if "tokens_per_sample" in v else ""]
                 for backend, by_batch in infer.items() for batch, towers in by_batch.items()
                 for tower, v in towers.items()]
         sections += ["### End to end over the data set (reading inputs and writing outputs included)", "",
-                     markdown_table(["backend", "batch size", "tower", "compute fps", "end-to-end fps"], rows), ""]
+                     markdown_table(["backend", "batch size", "tower", "compute fps", "end-to-end fps",
+                                     "text tokens / caption"], rows), ""]
+        if any(row[-1] for row in rows):
+            sections += ["Text tokens / caption: where shown, captions were sorted by length and each batch ran only "
+                         "as far as its longest caption (exact: the embedding depends only on the tokens up to the "
+                         "EOT); elsewhere every caption ran at the full context. The pure-inference tables above "
+                         "run the full context.", ""]
+    seconds = results.get("seconds") or {}
+    if seconds:
+        sections += ["## Time per step (seconds, this run)", "",
+                     markdown_table(["step", "seconds"], [[step, f"{value:.1f}"] for step, value in seconds.items()]
+                                    + [["total", f"{sum(seconds.values()):.1f}"]]), ""]
     sections += ["## Published reference (not measured here)", "",
                  "Ascend ModelZoo OpenCLIP ViT-B-32 laion2b_s34b_b79k on 910B4 (CANN 7.0.RC1): recall@5 "
                  "0.8841 image / 0.9620 text (PyTorch 0.8830 / 0.9630), pure-inference fps:", "",

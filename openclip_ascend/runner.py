@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .dataset import image_stem, stem_clash
 from .files import KitError, atomic_path, natural_key, save_npy, write_json
+from .text_lengths import length_plan, token_widths
 
 OUTPUT_FORMATS = ("NPY", "BIN", "TXT")
 INPUT_SUFFIXES = (".npy", ".NPY", ".bin", ".BIN")  # what ais_bench reads; .bin is raw bytes of the model's dtype
@@ -109,16 +110,18 @@ def _timed_run(session, batch):
     start = time.perf_counter()
     output = session.run(batch)
     elapsed = (time.perf_counter() - start) * 1000.0
-    if hasattr(session, "last_execute_ms"):
-        elapsed = session.last_execute_ms()
-    return output, elapsed
+    execute_ms = getattr(session, "last_execute_ms", None)
+    return output, (execute_ms() if execute_ms else elapsed)
 
 
 def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, warmup_count=1):
-    """Infer every file; returns (compute times in ms, filesinfo, model batch).
+    """Infer every file; returns (compute times in ms, filesinfo, model batch, tokens per sample run: None
+    unless the session trims text).
 
     Writes one output per input file into ``output_dir``; with ``output_dir`` None nothing is
-    saved, as ais_bench saves nothing without ``--output``.
+    saved, as ais_bench saves nothing without ``--output``. A text session that runs shorter than its
+    files (``text_lengths.token_widths``) gets the files sorted by caption length and each batch cut
+    to the width it needs; outputs and their names are the same.
     """
     batch = model_batch_size(session, batch_size)
     samples = [load_sample(path, session) for path in files]
@@ -128,17 +131,27 @@ def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, wa
     if batch % file_batch:
         raise KitError(f"{files[0]}: holds {file_batch} samples, which does not divide the model batch {batch}")
     per_run = batch // file_batch
-    groups = [list(range(i, min(i + per_run, len(files)))) for i in range(0, len(files), per_run)]
+    widths = token_widths(session)
+    if widths is None:
+        plan = [(list(range(i, min(i + per_run, len(files)))), None) for i in range(0, len(files), per_run)]
+    else:
+        plan = length_plan(samples, per_run, widths)
     times, filesinfo = [], {}
 
-    def stacked(group):
+    def stacked(group, width):
         padded = group + [group[0]] * (per_run - len(group))  # ais_bench pads with the batch's first file
-        return np.concatenate([samples[i] for i in padded], axis=0)
+        inputs = np.concatenate([samples[i] for i in padded], axis=0)
+        return inputs if width is None else np.ascontiguousarray(inputs[:, :width])
 
-    for _ in range(warmup_count):
-        session.run(stacked(groups[0]))
-    for index, group in enumerate(tqdm(groups, desc=f"infer bs{batch}", unit="batch")):
-        inputs = stacked(group)
+    # every compiled length its first run (an OM's first execute is slow); a dynamic graph once
+    warm = {}
+    for group, width in plan if isinstance(widths, tuple) else plan[:1]:
+        warm.setdefault(width, group)
+    for width, group in warm.items():
+        for _ in range(warmup_count):
+            session.run(stacked(group, width))
+    for group, width in tqdm(plan, desc=f"infer bs{batch}", unit="batch"):
+        inputs = stacked(group, width)
         for _ in range(loop):
             output, elapsed = _timed_run(session, inputs)
             times.append(elapsed)
@@ -148,15 +161,19 @@ def run_files(session, files, output_dir, batch_size=1, outfmt="NPY", loop=1, wa
                 target = Path(output_dir) / f"{image_stem(files[file_index].name)}_0"
                 _save_output(target, output[position * file_batch:(position + 1) * file_batch], outfmt)
                 entry["outfiles"].append(f"{target}.{outfmt.lower()}")
-            filesinfo[index * per_run + position] = entry
-    return times, filesinfo, batch
+            filesinfo[file_index] = entry
+    tokens = sum(width * len(group) for group, width in plan) / len(files) if widths is not None else None
+    return times, dict(sorted(filesinfo.items())), batch, tokens
 
 
 def run_pure(session, batch_size=1, loop=1, warmup_count=1, output_dir=None, outfmt="BIN"):
     """Pure-inference throughput on zero-filled data, as ais_bench does without ``--input``; with an
-    output folder the last output is saved as ``pure_infer_data_0.<fmt>``, as ais_bench saves it."""
+    output folder the last output is saved as ``pure_infer_data_0.<fmt>``, as ais_bench saves it. A
+    text session with shorter lengths runs its longest (the full context)."""
     batch = model_batch_size(session, batch_size)
     shape = (batch,) + tuple(dim if dim is not None else 1 for dim in session.input_shape[1:])
+    if token_widths(session):  # the full length: what the reference's fixed-length model runs
+        shape = (batch, max(token_widths(session)))
     zeros = np.zeros(shape, dtype=session.input_dtype)
     if session.input_dtype == np.int64 and len(shape) == 2:
         zeros[:, 0] = 49407  # an all-zero token row has no EOT; put the pooled token first
@@ -194,9 +211,10 @@ def end_to_end(seconds, samples):
     return {"seconds": seconds, "samples": samples, "fps": samples / seconds if seconds else 0.0}
 
 
-def summarise(times_ms, batch, args, filesinfo=None, backend=""):
+def summarise(times_ms, batch, args, filesinfo=None, backend="", tokens=None):
     """ais_bench's summary dict: compute-time stats, throughput = 1000 × batch / mean ms, plus the
-    latency percentiles the perf report shows."""
+    latency percentiles the perf report shows and, for a text session that trims, the tokens each
+    sample ran on average."""
     compute = stats(times_ms)
     throughput = 1000.0 * batch / compute["mean"] if compute["mean"] else 0.0
     return {"NPU_compute_time": compute, "H2D_latency": stats([]), "D2H_latency": stats([]),
@@ -204,7 +222,7 @@ def summarise(times_ms, batch, args, filesinfo=None, backend=""):
             "batchsize": batch,
             "backend": backend,
             "npu_compute_time_list": [float(t) for t in times_ms], "filesinfo": filesinfo or {},
-            "args": args, "pid": os.getpid()}
+            "args": args, "pid": os.getpid(), **({"tokens_per_sample": tokens} if tokens is not None else {})}
 
 
 def summary_lines(summary):
@@ -235,12 +253,14 @@ def _output_args(outfmt, output, output_dirname):
 
 
 def _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count):
-    """Files when given, else pure inference → (times, filesinfo, model batch, real samples)."""
+    """Files when given, else pure inference → (times, filesinfo, model batch, real samples, tokens per
+    sample where the session trims text)."""
     if files is None:
         times, batch = run_pure(session, batchsize, loop, warmup_count, out_dir, outfmt)
-        return times, {}, batch, batch * loop
-    times, filesinfo, batch = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
-    return times, filesinfo, batch, len(files)
+        widths = token_widths(session)
+        return times, {}, batch, batch * loop, max(widths) if widths else None
+    times, filesinfo, batch, tokens = run_files(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    return times, filesinfo, batch, len(files), tokens
 
 
 def command_line(args):
@@ -256,12 +276,15 @@ def infer(session, input=None, output=None, output_dirname=None, outfmt="BIN", b
     start = time.perf_counter()
     files = list_input_files(input) if input else None
     out_dir = Path(output) / dirname if output else None
-    times, filesinfo, batch, samples = _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
-    summary = summarise(times, batch, command_line(args), filesinfo, backend=session.name)
+    times, filesinfo, batch, samples, tokens = _run(session, files, out_dir, batchsize, outfmt, loop, warmup_count)
+    summary = summarise(times, batch, command_line(args), filesinfo, backend=session.name, tokens=tokens)
     summary["e2e"] = end_to_end(time.perf_counter() - start, samples)
     if output:
         write_json(Path(output) / f"{dirname}_summary.json", summary)
     print("\n".join(summary_lines(summary)))
+    if tokens is not None and files is not None:
+        print(f"[INFO] text length trimming: {tokens:.1f} of {max(token_widths(session))} tokens per caption on "
+              "average (sorted by length; the same embeddings)")
     return summary
 
 
@@ -316,8 +339,8 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
         results = pool.map(_run_on_device, jobs)
     wall = time.perf_counter() - start
     per_device = {}
-    for device, times, filesinfo, batch, _, _, _ in results:
-        per_device[str(device)] = summarise(times, batch, command_line(args), filesinfo, "ascend")
+    for device, times, filesinfo, batch, _, tokens, _, _ in results:
+        per_device[str(device)] = summarise(times, batch, command_line(args), filesinfo, "ascend", tokens)
         print("\n".join(summary_lines(per_device[str(device)])))
         if root:
             write_json(root / f"device{device}_summary.json", per_device[str(device)])

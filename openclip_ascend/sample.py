@@ -7,6 +7,8 @@ The shape always lies inside the central square, so open_clip's center crop keep
 """
 
 import csv
+import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ class Scene:
     background: str
     width: int
     height: int
+    marks: tuple = ()  # small grey dots ((x, y) fractions of the image): makes every image distinct
 
     def captions(self):
         fields = dict(color=self.color, shape=self.shape, position=self.position, size=self.size,
@@ -64,6 +67,9 @@ class Scene:
         box = (cx - r, cy - r, cx + r, cy + r)
         fill = COLORS[self.color]
         draw = ImageDraw.Draw(img)
+        for fx, fy in self.marks:
+            x, y = fx * self.width, fy * self.height
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(100, 100, 100))
         if self.shape == "circle":
             draw.ellipse(box, fill=fill)
         elif self.shape == "square":
@@ -88,16 +94,58 @@ def random_scenes(count, seed):
     return [random_scene(rng) for _ in range(count)]
 
 
-def write_sample_dir(out_dir, count=100, seed=1234, first_id=1000):
-    """Write ``count`` JPEGs named like flickr30k (``1000.jpg``, …) and the annotation CSV."""
+# Plain phrases (no commas or quotes, so every reader of the annotation file, CLIP_benchmark's ".jpg,"
+# split included, reads the same text) that stretch a caption to flickr30k's lengths.
+CLAUSES = (
+    "while two people walk past", "next to a wooden bench", "under a bright afternoon sky", "near the edge of the frame",
+    "as a dog runs through the grass", "beside an old brick wall", "with a crowd watching from the street",
+    "in front of a small shop", "on a quiet morning", "while a man in a blue shirt looks on",
+    "and a child holds a balloon", "close to a parked bicycle", "during a busy festival", "behind a metal fence",
+    "where the light falls softly", "with trees in the background", "as the rain starts to fall",
+    "next to a woman carrying groceries", "in the middle of a city square", "while music plays nearby",
+)
+# flickr30k's 1k Karpathy test captions: ~13 words on average (the EOT at token 15.5, p90 19, max 45)
+FLICKR_WORDS_MEDIAN, FLICKR_WORDS_SIGMA, FLICKR_WORDS_RANGE = 12, 0.35, (5, 40)
+
+
+def flickr_captions(scene, rng):
+    """Five captions of flickr30k-like lengths: the scene named briefly, then plain clauses up to a
+    length drawn from a log-normal around 12 words."""
+    captions = []
+    for template in TEMPLATES[:2] + ("a {color} {shape}", "{size} {color} {shape} at the {position}",
+                                     "a {background} scene with a {color} {shape}"):
+        words = template.format(color=scene.color, shape=scene.shape, position=scene.position, size=scene.size,
+                                background=scene.background).rstrip(".").split()
+        low, high = FLICKR_WORDS_RANGE
+        target = min(high, max(low, round(rng.lognormvariate(math.log(FLICKR_WORDS_MEDIAN), FLICKR_WORDS_SIGMA))))
+        while len(words) < target:
+            words += rng.choice(CLAUSES).split()
+        captions.append(" ".join(words[:max(target, 3)]))
+    return captions
+
+
+def write_sample_dir(out_dir, count=100, seed=1234, first_id=1000, flickr_like=False):
+    """Write ``count`` JPEGs named like flickr30k (``1000.jpg``, …) and the annotation CSV.
+
+    ``flickr_like``: flickr30k's shape instead of the demo's variety — every image 500×375 and distinct
+    (a few dots), captions of flickr30k's lengths without punctuation, none repeated."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, seen = [], set()
+    rng = random.Random(seed + 1)
     for offset, scene in enumerate(random_scenes(count, seed)):
         name = f"{first_id + offset}.jpg"
+        captions = scene.captions()
+        if flickr_like:
+            scene = dataclasses.replace(scene, width=500, height=375,
+                                        marks=tuple((rng.random(), rng.random()) for _ in range(3)))
+            captions = flickr_captions(scene, rng)
+            while seen.intersection(captions) or len(set(captions)) < len(captions):
+                captions = flickr_captions(scene, rng)
+            seen.update(captions)
         with atomic_path(out_dir / name) as tmp:
             scene.render().save(tmp, format="JPEG", quality=90)
-        rows.extend((name, caption) for caption in scene.captions())
+        rows.extend((name, caption) for caption in captions)
     with atomic_path(out_dir / ANNOTATION_FILE) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")  # quotes as pandas does: minimal, doubled quotes
         writer.writerow(["image", "caption"])

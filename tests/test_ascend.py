@@ -338,6 +338,13 @@ def test_via_ais_bench_reports_the_models_batch(oms, tmp_path, tools):
     assert line["batchsize"] == 4 and line["throughput"] == pytest.approx(4000 / line["compute_ms"])
 
 
+def test_length_buckets_need_the_kits_runner(oms, tmp_path, tools):
+    """ais_bench takes one model: length buckets are refused before it runs, naming the way out."""
+    result = infer_cli("--model", f"{oms['text_4']},{oms['text_4']}", "--via-ais-bench")
+    assert result.returncode == 2 and tools("ais_bench") == []
+    assert result.stderr.count("\n") == 1 and "needs the full-length text OM" in result.stderr
+
+
 def test_multi_device_layout_matches_ais_bench(oms, prep_dir, tmp_path, tools):
     """10 files on 3 devices: chunks of ceil(10 / 3) = 4, 4, 2; one ordinary summary per device inside the
     output folder, none beside it; the kit's own totals in a file of its own name."""

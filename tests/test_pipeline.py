@@ -80,18 +80,23 @@ def test_auto_backend_without_npu_tools_says_why(monkeypatch, tmp_path):
 
 
 def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, recall_gap_explained):
-    """With npu-smi, atc and ais_bench (stand-ins) present, BACKEND=auto compiles OMs and runs them;
-    recall through the OM path equals the ONNX Runtime path's."""
+    """With npu-smi, atc and ais_bench (stand-ins) present, BACKEND=auto compiles OMs and runs them, the
+    text tower with a 16-token length bucket beside the full-length OM; recall through the OM path equals
+    the ONNX Runtime path's."""
     out = tmp_path / "run"
     env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
+           "TEXT_LENGTHS": "dyn,16",
            "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backend: ascend (npu-smi, atc and ais_bench found)" in result.stdout
     assert sorted(p.name for p in (out / "models").glob("*.om")) == [
-        f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "vision") for b in (1, 4)]
+        f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "text_len16", "vision") for b in (1, 4)]
+    assert "--text-lengths 16" in result.stdout and "_text_len16_bs4.om," in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["infer"]["ascend"]["4"]["text"]["tokens_per_sample"] < 77
     for batch in (1, 4):  # the stand-in OM runs the same ONNX: equal recall up to near-ties
         assert recall_gap_explained(out / "infer" / f"ascend_bs{batch}", demo[0] / "infer" / f"onnxruntime_bs{batch}",
                                     out / "prep" / "manifest.json")[0]
@@ -113,16 +118,19 @@ def test_accuracy_comparison_and_report(demo):
 
 
 def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap_explained):
-    """DYNAMIC_BATCH=1, DEVICES=0,1 and PRECISION=mixed through the shell steps on the stand-in tools."""
+    """DYNAMIC_BATCH=1, DEVICES=0,1, PRECISION=mixed and TEXT_LENGTHS=dyn,16 through the shell steps on the
+    stand-in tools."""
     out = tmp_path / "run"
     env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/310P3_two_cards.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
+           "TEXT_LENGTHS": "dyn,16",
            "DYNAMIC_BATCH": "1", "DEVICES": "0,1", "PRECISION": "mixed", "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in (out / "models").glob("*.om")) == [
-        "openclip_ascend_tiny_text_dynbs.om", "openclip_ascend_tiny_vision_dynbs.om"]
+    assert sorted(p.name for p in (out / "models").glob("*.om")) == [  # a 16-token bucket beside the text OM
+        "openclip_ascend_tiny_text_dynbs.om", "openclip_ascend_tiny_text_len16_dynbs.om",
+        "openclip_ascend_tiny_vision_dynbs.om"]
     assert (out / "models" / "openclip_ascend_tiny_vision_dynbs.keep_dtype.cfg").is_file()
     assert len(list((out / "infer" / "ascend_bs4" / "vision" / "device1").glob("*_0.npy"))) == 50
     for batch in (1, 4):

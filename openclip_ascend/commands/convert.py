@@ -4,7 +4,7 @@ the chip `npu-smi info` reports (or --soc-version).
     python convert/onnx2om.py --onnx-prefix models/vit_b_32 [--towers vision,text]
         [--batch-sizes 1,4,8,16,32,64] [--soc-version Ascend910B4] [--precision-mode MODE]
         [--dynamic-batch] [--output-dir models] [--jobs N] [--force] [--dry-run]
-        [--atc-args='--op_select_implmode=high_performance'] [--tag hp]
+        [--atc-args='--op_select_implmode=high_performance'] [--tag hp] [--text-lengths 32]
 
 Writes {output}/{prefix}_{tower}_bs{N}[_{tag}].om (atc may add _linux_<arch>), each with its atc log
 (.atc.log) beside it; an OM newer than its ONNX and built by the same command is skipped unless
@@ -23,6 +23,9 @@ def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx-prefix", required=True, help="reads PREFIX_vision.onnx and PREFIX_text.onnx")
     parser.add_argument("--towers", default="vision,text")
+    parser.add_argument("--text-lengths", default="",
+                        help="text length buckets to compile too, e.g. 32 (reads PREFIX_text_len32.onnx, exported "
+                             "with openclip_torch2onnx.py --text-lengths 32)")
     parser.add_argument("--batch-sizes", default="1,4,8,16,32,64")
     parser.add_argument("--soc-version", help="e.g. Ascend910B4 (default: detected with npu-smi info)")
     parser.add_argument("--precision-mode",
@@ -41,11 +44,13 @@ def main(argv=None, prog=None):
 
     from ..atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
     from ..npu import detect_soc_version
+    from ..text_lengths import text_graph
 
     soc, _, warnings = detect_soc_version(args.soc_version)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     towers = [tower.strip() for tower in args.towers.split(",") if tower.strip()]
+    towers += [text_graph(length) for length in csv_ints(args.text_lengths, minimum=3)] if args.text_lengths else []
     jobs = plan_jobs(args.onnx_prefix, towers, csv_ints(args.batch_sizes), soc, args.output_dir, args.dynamic_batch,
                      args.precision_mode, args.precision_mode_v2, args.atc_args, args.tag)
     if args.dry_run:

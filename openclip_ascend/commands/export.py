@@ -7,11 +7,13 @@ check ONNX Runtime against PyTorch (max abs diff must stay ≤ 1e-4).
 The reference's flags and defaults: --pretrained laion2b_s34b_b79k (a local file or a tag already in
 the Hugging Face cache; `none` for random weights, with a warning), --image / --text are traced with
 and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
+--text-lengths dyn,32 adds shorter text graphs (exact: a caption's embedding depends only on its
+tokens up to the EOT), each checked against the full-length graph (max abs diff ≤ 1e-5).
 """
 
 import argparse
 
-from ..cli import print_result
+from ..cli import parse_text_lengths, print_result
 from ..export import DEFAULT_OPSET
 from ..models import DEFAULT_PRETRAINED
 
@@ -29,19 +31,27 @@ def main(argv=None, prog=None):
     parser.add_argument("--image", help="an image to trace the vision tower with (and check parity on)")
     parser.add_argument("--text", help="a caption to trace the text tower with (and check parity on)")
     parser.add_argument("--towers", default="vision,text", help="comma-separated subset of vision,text")
+    parser.add_argument("--text-lengths", default="",
+                        help="shorter text graphs for exact length trimming, comma-separated: dyn (a dynamic length "
+                             "axis, PREFIX_text_dynlen.onnx: the CPU runner cuts each batch to its longest caption) "
+                             "and/or token counts such as 32 (PREFIX_text_len32.onnx, static: NPU length buckets)")
     parser.add_argument("--skip-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
     args = parser.parse_args(argv)
 
-    from ..export import export_model, given_examples
+    from ..export import export_model, export_text_lengths, given_examples
     from ..models import is_random_weights, load_model
 
     model = load_model(args.model_name, args.pretrained)
     examples = given_examples(model, args.model_name, args.pretrained, args.image, args.text)
     towers = [tower.strip() for tower in args.towers.split(",") if tower.strip()]
     report = export_model(model, args.onnx_prefix, towers, args.opset, check=not args.skip_check, examples=examples)
+    if args.text_lengths:
+        report.update(export_text_lengths(model, args.onnx_prefix, parse_text_lengths(args.text_lengths), args.opset,
+                                          check=not args.skip_check))
     for tower, entry in report.items():
         for case, parity in (entry["parity"] or {}).items():
-            label = f"batch {case}" if case != "given" else f"--{'image' if tower == 'vision' else 'text'}"
+            label = f"--{'image' if tower == 'vision' else 'text'}" if case == "given" else \
+                case if isinstance(case, str) else f"batch {case}"
             print(f"{tower} {label}: max abs diff {parity['max_abs_diff']:.2e}, "
                   f"min cosine {parity['min_cosine']:.8f}")
     print_result({"model_name": args.model_name, "pretrained": args.pretrained,

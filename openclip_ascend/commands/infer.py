@@ -7,6 +7,8 @@
 
     python openclip_infer.py --model models/vit_b_32_vision_bs8.om --input prep/images --output results \\
         --output_dirname vision --outfmt NPY --device 0,1     # Ascend: one process per NPU
+    python openclip_infer.py --model models/vit_b_32_text_len32_bs8.om,models/vit_b_32_text_bs8.om \\
+        --input prep/texts --output results --output_dirname text   # length buckets: each batch on the shortest
 
 Writes OUTPUT/DIRNAME/{stem}_0.npy per input file and OUTPUT/DIRNAME_summary.json (several devices:
 OUTPUT/DIRNAME/device{N}/ and OUTPUT/DIRNAME/device{N}_summary.json), and prints ais_bench's summary
@@ -22,7 +24,8 @@ from ..backends import BACKENDS
 
 def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "-m", help=".onnx model (ONNX Runtime); .om needs the Ascend backend")
+    parser.add_argument("--model", "-m", help=".onnx model (ONNX Runtime); .om needs the Ascend backend; several text "
+                                              "models of different token lengths, comma-separated: length buckets")
     parser.add_argument("--input", "-i", help="input folders or .npy/.bin files, comma-separated (omit: pure inference)")
     parser.add_argument("--output", "-o", help="output root folder (omit: outputs are not saved, as in ais_bench)")
     parser.add_argument("--output_dirname", help="sub-folder of --output for this run (default: a timestamp)")
@@ -71,6 +74,9 @@ def main(argv=None, prog=None):
     if args.via_ais_bench:
         from .. import aisbench
 
+        if "," in str(args.model or ""):
+            raise KitError("--via-ais-bench: ais_bench takes one model; length buckets (several text models) run in "
+                           "this kit's runner, and a plain `python3 -m ais_bench` run needs the full-length text OM")
         if given["batchsize"] is None and is_om:  # old ais_infer defaulted to 1: pass the model's real batch
             given["batchsize"] = om_batch(args.model, args.dymBatch)
         cmd = aisbench.command(args.model, **given)

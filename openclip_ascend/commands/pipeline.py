@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from ..cli import csv_ints
+from ..cli import csv_ints, parse_text_lengths
 from ..models import TINY_MODEL
 
 
@@ -62,6 +62,10 @@ def main(argv=None, prog=None):
     parser.add_argument("--perf-loops", type=int, default=int(env("PERF_LOOPS", "20")), help="[PERF_LOOPS]")
     parser.add_argument("--perf-budget", type=float, default=float(env("PERF_BUDGET", "0")),
                         help="seconds a noisy throughput figure may be measured again until stable [PERF_BUDGET]")
+    parser.add_argument("--text-lengths", default=env("TEXT_LENGTHS", "dyn"),
+                        help="exact text-length trimming: dyn (ONNX Runtime runs each batch of length-sorted captions "
+                             "only as far as its longest), plus token counts such as 32 for static length-bucket OMs; "
+                             "full: every caption at the full context (default dyn) [TEXT_LENGTHS]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
     args = parser.parse_args(argv)
@@ -75,7 +79,8 @@ def main(argv=None, prog=None):
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops, perf_budget=args.perf_budget,
-                       require_idle=args.require_idle)
+                       require_idle=args.require_idle,
+                       text_lengths=[] if args.text_lengths == "full" else parse_text_lengths(args.text_lengths))
     steps = parse_steps(args.steps)
     results = run_steps(config, steps)
     failed = failed_checks(results.get("accuracy")) if {5, 7} & set(steps) else []
