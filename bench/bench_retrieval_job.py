@@ -24,6 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,6 +61,8 @@ def clip_benchmark_job(model_name, checkpoint, data_dir, batch_size, workers, am
     from clip_benchmark.datasets.flickr import Flickr
     from clip_benchmark.metrics import zeroshot_retrieval
 
+    # its CLI's 4 loader workers on a 2-core machine: torch warns, the run is as CLIP_benchmark makes it
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     start = time.perf_counter()
     model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint))
     model.eval()
