@@ -116,6 +116,35 @@ def keep_dtype_nodes(path, soc_version=""):
             and (in_norm[i] or op_type == "Softmax" or i > last_norm)]
 
 
+KEEP_FILE = "keep:"  # PRECISION=keep:FILE: force_fp16 with the nodes FILE names (openclip_precision.py search) in fp32
+
+
+def is_keep_file(mode):
+    return bool(mode) and mode.startswith(KEEP_FILE)
+
+
+def precision_keep_nodes(mode, path, soc_version=""):
+    """Node names a precision mode keeps in fp32: the ``mixed`` preset's, a ``keep:FILE``'s (one name per
+    line, checked against the graph and, on 310P, for matrix products), else none."""
+    if mode == "mixed":
+        return keep_dtype_nodes(path, soc_version)
+    if not is_keep_file(mode):
+        return []
+    keep_path = Path(mode[len(KEEP_FILE):])
+    try:
+        names = [line.strip() for line in keep_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise KitError(f"--precision-mode {mode}: cannot read {keep_path} ({exc.strerror}); write it with "
+                       "openclip_precision.py search") from exc
+    check_keep_dtype(names, path)
+    ops = dict(graph_facts(path)[1])
+    cube = [name for name in names if ops.get(name) in CUBE_OPS]
+    if cube and is_310p(soc_version):
+        raise KitError(f"{keep_path}: keeps {cube[0]} ({ops[cube[0]]}) in fp32, which 310P can only run on the AI CPU; "
+                       f"search again with --soc-version {soc_version}")
+    return names
+
+
 def check_precision_for_chip(mode, soc_version, tower):
     """310P has no fp32 Cube path: an fp32 preset would put Conv and MatMul on the AI CPU (or fail)."""
     if is_310p(soc_version) and mode in ("fp32", "must_keep_origin_dtype"):
@@ -195,7 +224,7 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
         check_external_data(model)
         check_precision_for_chip(modes[tower], soc_version, base_tower(tower))
         gears = [",".join(str(b) for b in batch_sizes)] if dynamic_batch else [str(b) for b in batch_sizes]
-        keep_nodes = keep_dtype_nodes(model, soc_version) if modes[tower] == "mixed" else []
+        keep_nodes = precision_keep_nodes(modes[tower], model, soc_version)
         for gear in gears:
             label = "dynbs" if dynamic_batch else f"bs{gear}"
             output = om_stem(out_prefix, tower, label, tag)
@@ -205,8 +234,9 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
                        "--log=error", f"--soc_version={soc_version}"]
             if dynamic_batch:
                 command.append(f"--dynamic_batch_size={gear}")
-            keep_file = output.with_name(output.name + ".keep_dtype.cfg") if modes[tower] == "mixed" else None
-            precision = precision_args(modes[tower], precision_mode_v2, keep_file)
+            keeps = modes[tower] == "mixed" or is_keep_file(modes[tower])
+            keep_file = output.with_name(output.name + ".keep_dtype.cfg") if keeps else None
+            precision = precision_args("mixed" if keeps else modes[tower], precision_mode_v2, keep_file)
             jobs.append(AtcJob(tower, gear, model, output, command + precision + extra, keep_dtype=keep_nodes))
     return jobs
 

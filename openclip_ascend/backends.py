@@ -33,6 +33,18 @@ def execution_providers(device, available):
     return gpu + ["CPUExecutionProvider"]
 
 
+def session_options(intra_op_threads=0):
+    """The kit's ONNX Runtime options. Softmax over a causal mask's -inf rows underflows into
+    denormals, which x86 handles ~5× slower (text tower +4 % end to end with flushing); no embedding
+    depends on a value < 1e-38. ONNX Runtime also sets it on the calling thread, once per process."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return options
+
+
 class OnnxRuntimeSession:
     """ONNX Runtime: on the CPU, the fallback that runs anywhere; with onnxruntime-gpu, on CUDA/TensorRT."""
 
@@ -43,14 +55,8 @@ class OnnxRuntimeSession:
         if not path.is_file():
             raise KitError(f"{path}: ONNX model not found; export it with openclip_torch2onnx.py")
         providers = execution_providers(device, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        # Softmax over a causal mask's -inf rows underflows into denormals, which x86 handles ~5×
-        # slower (text tower +4 % end to end with flushing); no embedding depends on a value < 1e-38.
-        # ONNX Runtime also sets it on the calling thread, once per process (first session).
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise KitError(f"{path}: ONNX Runtime cannot load this model ({str(exc).splitlines()[0]})") from exc
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():

@@ -296,31 +296,49 @@ def fp16_estimate_path(prefix, tower):
     return Path(f"{prefix}_{tower}_fp16sim.onnx")
 
 
-def simulate_fp16(prefix, tower):
+def simulate_fp16(prefix, tower, keep=(), target=None):
     """An fp32 graph that rounds like an fp16 NPU build, to estimate force_fp16's accuracy cost on a CPU.
 
     Weights are rounded to fp16 and every float tensor a node produces passes through
     Cast(float16)→Cast(float): storage in fp16, arithmetic in fp32 — what Ascend's cube units do
     (fp16 operands, fp32 accumulation, fp16 results). Not bit-exact to any NPU kernel: an estimate.
+    ``keep``: node names left in fp32 as atc's ``--keep_dtype`` leaves them (their outputs and the
+    weights only they read are not rounded); ``target`` another file than the fp16 estimate's.
     """
+    source = _exported(prefix, tower)
+    return save_onnx(fp16_graph(source, keep), target or fp16_estimate_path(prefix, tower))
+
+
+def float_outputs(source):
+    """Names of the float tensors the nodes of the graph at ``source`` produce (from shape
+    inference on the graph alone: it refuses a model holding > 2 GB of weights)."""
+    import onnx
+    from onnx import TensorProto
+
+    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False)).graph
+    return {v.name for v in list(shapes.value_info) + list(shapes.output)
+            if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+
+
+def fp16_graph(source, keep=()):
+    """The ModelProto of ``simulate_fp16`` for the graph at ``source``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    source, target = _exported(prefix, tower), fp16_estimate_path(prefix, tower)
-    # value types from the graph alone: shape inference refuses a model holding > 2 GB of weights
-    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False)).graph
+    keep = set(keep)
+    float_values = float_outputs(source)
     model = onnx.load(str(source))
     graph = model.graph
+    rounded = {name for node in graph.node if node.name not in keep for name in node.input}
     for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(init).astype(np.float16).astype(np.float32), init.name))
-    float_values = {v.name for v in list(shapes.value_info) + list(shapes.output)
-                    if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+        if init.data_type == TensorProto.FLOAT and init.name in rounded:
+            with np.errstate(over="ignore"):  # a weight beyond fp16's range becomes inf, as it would on the NPU
+                rounded_weight = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(rounded_weight, init.name))
     nodes = []
     for node in graph.node:
         nodes.append(node)
-        if node.op_type in ("Shape", "Constant"):
+        if node.op_type in ("Shape", "Constant") or node.name in keep:
             continue
         for index, output in enumerate(node.output):
             if output not in float_values:
@@ -336,4 +354,4 @@ def simulate_fp16(prefix, tower):
                                           name=f"{node.name}/from_fp16_{index}"))
     del graph.node[:]
     graph.node.extend(nodes)
-    return save_onnx(model, target)
+    return model

@@ -48,6 +48,7 @@ class RunConfig:
     # exact text-length trimming: "dyn" runs each ONNX batch only as far as its longest caption; token
     # counts (e.g. 32) add static length-bucket OMs beside the full-length one
     text_lengths: list = field(default_factory=lambda: ["dyn"])
+    precision_search: bool = False  # find the nodes to keep in fp32 (fp16 simulation); step 3 compiles with them
     require_idle: bool = False  # a busy NPU before step 6 stops the run instead of a warning
     commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
 
@@ -148,6 +149,8 @@ def step_export(config):
             towers[tower]["fp16_estimate_path"] = str(simulate_fp16(config.onnx_prefix, tower))
     report = {"model_name": config.model_name, "pretrained": config.pretrained,
               "random_weights": config.random_weights, "towers": towers}
+    if config.precision_search:
+        report["precision_search"] = _precision_search(config)
     write_json(config.output_dir / "export.json", report)
     return report
 
@@ -184,6 +187,33 @@ def _length_buckets(config):
                   if graph.startswith("text_len"))
 
 
+def _precision_search(config):
+    """``openclip_precision.py search`` for each tower on this run's preprocessed set → {tower: summary}."""
+    from .precision import prepare, run_search
+
+    found = {}
+    for tower in TOWER_INPUTS:
+        out = config.output_dir / "precision"
+        config.log("python", "openclip_precision.py", "search", "--model-name", config.model_name, "--pretrained",
+                   config.pretrained, "--prep", config.prep, "--tower", tower, "--output-dir", out,
+                   *(["--soc-version", config.soc_version] if config.soc_version else []))
+        record = run_search(prepare(config.onnx_prefix, config.prep, tower, out), 16, 0.002, 0.99,
+                            config.soc_version or "")
+        found[tower] = {key: record[key] for key in ("fp32", "fp16", "kept", "found", "keep_scopes", "recall_bound")}
+        found[tower].update(nodes=len(record["keep"]), keep_file=str(out / f"keep_dtype_{tower}.cfg"))
+    return found
+
+
+def _searched_precision(config):
+    """``PRECISION`` from the precision search: each tower's keep file where it keeps anything."""
+    path = config.output_dir / "export.json"
+    searched = read_json(path).get("precision_search") if path.is_file() else None
+    if not searched:
+        return None
+    return ",".join(f"{tower}=keep:{entry['keep_file']}" if entry["nodes"] else f"{tower}=fp16"
+                    for tower, entry in searched.items())
+
+
 def step_convert(config):
     from .atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
     from .npu import detect_soc_version
@@ -196,15 +226,16 @@ def step_convert(config):
     soc, _, warnings = detect_soc_version(config.soc_version)
     for warning in warnings:
         print(f"warning: {warning}")
+    precision = config.precision_mode or (_searched_precision(config) if config.precision_search else None)
     buckets = ",".join(map(str, _length_buckets(config)))
     config.log("python", "convert/onnx2om.py", "--onnx-prefix", config.onnx_prefix, "--batch-sizes",
                ",".join(map(str, config.batch_sizes)), "--soc-version", soc,
                *(["--text-lengths", buckets] if buckets else []),
                *(["--dynamic-batch"] if config.dynamic_batch else []),
-               *(["--precision-mode", config.precision_mode] if config.precision_mode else []))
+               *(["--precision-mode", precision] if precision else []))
     graphs = list(TOWER_INPUTS) + [text_graph(length) for length in _length_buckets(config)]
     jobs = run_jobs(plan_jobs(config.onnx_prefix, graphs, config.batch_sizes, soc,
-                              dynamic_batch=config.dynamic_batch, precision_mode=config.precision_mode))
+                              dynamic_batch=config.dynamic_batch, precision_mode=precision))
     print(markdown_table(SUMMARY_HEADERS, summary_rows(jobs)))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:

@@ -54,6 +54,22 @@ def _published_table():
     return markdown_table(["BatchSize", "vision fps", "text fps"], rows)
 
 
+def _precision_search_section(searched):
+    """fp32, plain fp16 (simulated) and fp16 with the found keep set, per tower."""
+    def r5(metrics):
+        return f"{metrics['image_retrieval_recall@5']:.4f} / {metrics['text_retrieval_recall@5']:.4f}"
+
+    rows = [[tower, r5(entry["fp32"]), r5(entry["fp16"]),
+             r5(entry["kept"]) if entry["found"] else "not found", entry["nodes"],
+             ", ".join(f"`{scope}`" for scope in entry["keep_scopes"]) or "—"] for tower, entry in searched.items()]
+    return ["## fp16 precision search (CPU simulation of an fp16 OM)", "",
+            markdown_table(["tower searched", "fp32 R@5 (image / text)", "fp16 R@5", "fp16 + keep set R@5",
+                            "nodes kept in fp32", "scopes"], rows), "",
+            "The other tower runs fp32 while one is searched. A keep set is the smallest found that brings recall@5 "
+            f"within {next(iter(searched.values()))['recall_bound']:g} of fp32 (and every embedding to cosine ≥ "
+            "0.99); step 3 compiles with it (`PRECISION=keep:FILE`). See `precision/` for every node's error.", ""]
+
+
 def write_report(run_dir):
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
@@ -82,6 +98,10 @@ def write_report(run_dir):
                              "every intermediate result rounded to fp16, run on the CPU — what an fp16 OM's accuracy "
                              "is likely to be before an NPU is at hand."]
             sections += [""]
+    searched = (read_json(run_dir / "export.json").get("precision_search")
+                if (run_dir / "export.json").is_file() else None)
+    if searched:
+        sections += _precision_search_section(searched)
     if (run_dir / "performance.json").is_file():
         performance = read_json(run_dir / "performance.json")
         sections += ["## Throughput (pure inference, as ais_bench measures it)", "",

@@ -16,6 +16,8 @@
 #   DYNAMIC_BATCH 1 compiles one dynamic-batch OM per tower, run at each batch size (default 0)
 #   DEVICES      NPU ids, e.g. 0,1: one process per device, throughput summed (default 0)
 #   PRECISION    atc precision: fp16, fp32, mixed or vision=mixed,text=fp16 (default fp16)
+#   PRECISION_SEARCH 1: after step 2, find each tower's nodes to keep in fp32 (fp16 simulation); step 3
+#                compiles with them unless PRECISION is set (default 0)
 #   TEXT_LENGTHS dyn: ONNX Runtime runs each batch of length-sorted captions only as far as its longest
 #                (exact); add token counts, e.g. dyn,32, for length-bucket OMs; full: 77 tokens always (default dyn)
 #   PYTHON       interpreter                      (default python3)

@@ -87,7 +87,7 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, re
     env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
-           "TEXT_LENGTHS": "dyn,16",
+           "TEXT_LENGTHS": "dyn,16", "PRECISION_SEARCH": "1",
            "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -97,6 +97,13 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, re
     assert "--text-lengths 16" in result.stdout and "_text_len16_bs4.om," in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["infer"]["ascend"]["4"]["text"]["tokens_per_sample"] < 77
+    # PRECISION_SEARCH=1: each tower searched on the demo set, step 3 compiled with what it found
+    searched = results["export"]["precision_search"]
+    assert set(searched) == {"vision", "text"} and all(entry["found"] for entry in searched.values())
+    assert "## fp16 precision search" in (out / "report.md").read_text()
+    for tower, entry in searched.items():
+        expected = f"{tower}=keep:{entry['keep_file']}" if entry["nodes"] else f"{tower}=fp16"
+        assert expected in result.stdout
     for batch in (1, 4):  # the stand-in OM runs the same ONNX: equal recall up to near-ties
         assert recall_gap_explained(out / "infer" / f"ascend_bs{batch}", demo[0] / "infer" / f"onnxruntime_bs{batch}",
                                     out / "prep" / "manifest.json")[0]

@@ -15,6 +15,7 @@ COMMANDS = {  # subcommand: (module, the script it stands for)
     "postprocess": ("postprocess", "openclip_postprocess.py"),
     "pipeline": ("pipeline", "openclip_pipeline.py"),
     "perf": ("perf", "openclip_perf.py"),
+    "precision": ("precision", "openclip_precision.py"),
 }
 
 

@@ -66,6 +66,10 @@ def main(argv=None, prog=None):
                         help="exact text-length trimming: dyn (ONNX Runtime runs each batch of length-sorted captions "
                              "only as far as its longest), plus token counts such as 32 for static length-bucket OMs; "
                              "full: every caption at the full context (default dyn) [TEXT_LENGTHS]")
+    parser.add_argument("--precision-search", action="store_true", default=env("PRECISION_SEARCH") == "1",
+                        help="find each tower's nodes to keep in fp32 against the fp16 simulation (openclip_precision.py "
+                             "search) after step 2; step 3 compiles with them unless --precision-mode is given "
+                             "[PRECISION_SEARCH=1]")
     parser.add_argument("--workers", type=int, default=env("WORKERS") and int(env("WORKERS")), help="[WORKERS]")
     parser.add_argument("--opset", type=int, default=env("OPSET") and int(env("OPSET")), help="[OPSET]")
     args = parser.parse_args(argv)
@@ -79,7 +83,7 @@ def main(argv=None, prog=None):
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,
                        opset=args.opset, perf_loops=args.perf_loops, perf_budget=args.perf_budget,
-                       require_idle=args.require_idle,
+                       require_idle=args.require_idle, precision_search=args.precision_search,
                        text_lengths=[] if args.text_lengths == "full" else parse_text_lengths(args.text_lengths))
     steps = parse_steps(args.steps)
     results = run_steps(config, steps)
