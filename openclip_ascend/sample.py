@@ -151,3 +151,15 @@ def write_sample_dir(out_dir, count=100, seed=1234, first_id=1000, flickr_like=F
         writer.writerow(["image", "caption"])
         writer.writerows(rows)
     return out_dir
+
+
+def write_classification_dir(out_dir, count=80, seed=4321):
+    """An image-folder classification set from the same scenes: ``ROOT/<colour>/<id>.jpg``, the
+    shape's colour as the class (8 classes)."""
+    out_dir = Path(out_dir)
+    for offset, scene in enumerate(random_scenes(count, seed)):
+        folder = out_dir / scene.color
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / f"{offset}.jpg") as tmp:
+            scene.render().save(tmp, format="JPEG", quality=90)
+    return out_dir

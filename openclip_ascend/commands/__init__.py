@@ -16,6 +16,7 @@ COMMANDS = {  # subcommand: (module, the script it stands for)
     "pipeline": ("pipeline", "openclip_pipeline.py"),
     "perf": ("perf", "openclip_perf.py"),
     "precision": ("precision", "openclip_precision.py"),
+    "zeroshot": ("zeroshot", "openclip_zeroshot.py"),
 }
 
 
