@@ -12,6 +12,10 @@ from pathlib import Path
 from .files import KitError, read_json, write_json
 
 ANNOTATION_FILE = "flickr30k_test_karpathy.txt"
+# CLIP_benchmark's MSCOCO 5k Karpathy test layout: ROOT/val2014/*.jpg and ROOT/coco_test_karpathy.json
+# (COCO captions format: "images" [{id, file_name}], "annotations" [{image_id, caption}])
+COCO_ANNOTATION_FILE, COCO_IMAGES = "coco_test_karpathy.json", "val2014"
+DATASETS = ("flickr30k", "mscoco")
 MANIFEST_FORMAT = "openclip-ascend-manifest/1"
 
 
@@ -165,3 +169,42 @@ def read_annotations(path, problems=None):
     if not captions:
         raise KitError(f"{path}: no captions after the header")
     return Manifest(images=images, captions=captions, skipped=problems.skipped)
+
+
+def read_coco_annotations(path):
+    """CLIP_benchmark's MSCOCO annotation file into a Manifest: images in id order (as torchvision's
+    CocoCaptions lists them), named ``val2014/{file_name}``, their captions in file order."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: annotation file not found; --data-dir must hold {COCO_IMAGES}/ and "
+                       f"{COCO_ANNOTATION_FILE} (CLIP_benchmark's MSCOCO layout)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = {entry["id"]: entry["file_name"] for entry in data["images"]}
+        annotations = [(entry["image_id"], str(entry["caption"]).strip()) for entry in data["annotations"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KitError(f"{path}: not a COCO captions file ({exc}); it needs \"images\" with id and file_name and "
+                       "\"annotations\" with image_id and caption") from exc
+    by_image = {}
+    for image_id, text in annotations:
+        if image_id not in files:
+            raise KitError(f"{path}: a caption names image id {image_id}, which \"images\" does not list")
+        by_image.setdefault(image_id, []).append(text)
+    ids = sorted(image_id for image_id in files if image_id in by_image)
+    images = [f"{COCO_IMAGES}/{files[image_id]}" for image_id in ids]
+    captions = [Caption(stem=f"{image_stem(files[image_id])}_{k}", image=index, text=text)
+                for index, image_id in enumerate(ids) for k, text in enumerate(by_image[image_id])]
+    if not captions:
+        raise KitError(f"{path}: no captions")
+    return Manifest(images=images, captions=captions)
+
+
+def read_dataset(data_dir, dataset="flickr30k", problems=None):
+    """The manifest of a retrieval data set folder in its own layout (``DATASETS``)."""
+    if dataset == "mscoco":
+        return read_coco_annotations(Path(data_dir) / COCO_ANNOTATION_FILE)
+    if dataset != "flickr30k":
+        raise KitError(f"--dataset {dataset!r}: choose {' or '.join(DATASETS)}")
+    return read_annotations(Path(data_dir) / ANNOTATION_FILE, problems)

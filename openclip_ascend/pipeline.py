@@ -31,6 +31,7 @@ class RunConfig:
     model_name: str = TINY_MODEL
     pretrained: str = None
     data_dir: Path = None
+    dataset: str = "flickr30k"  # the data folder's layout: flickr30k or mscoco (CLIP_benchmark's)
     batch_sizes: tuple = (1, 4, 8)
     backend: str = "auto"  # auto | ascend | onnxruntime
     reference: bool = True  # also run PyTorch eager, the accuracy and speed reference
@@ -115,8 +116,9 @@ def step_preprocess(config):
         data_dir = write_sample_dir(config.output_dir / "sample")
         print(f"no data dir given: generated the sample set in {data_dir}")
     config.log("python", "openclip_preprocess.py", "--data-dir", data_dir, "--save-dir", config.prep,
-               "--model-name", config.model_name)
-    manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers)
+               "--model-name", config.model_name, *(["--dataset", config.dataset] if config.dataset != "flickr30k" else []))
+    manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers,
+                                  dataset=config.dataset if config.data_dir is not None else "flickr30k")
     return {"images": len(manifest.images), "captions": len(manifest.captions)}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .dataset import ANNOTATION_FILE, Problems, image_stem, read_annotations, stem_clash
+from .dataset import ANNOTATION_FILE, COCO_ANNOTATION_FILE, Problems, image_stem, read_dataset, stem_clash
 from .files import KitError, save_npy
 from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
@@ -147,21 +147,24 @@ def check_unique_stems(names, data_dir):
                        f"one of them and its lines in {ANNOTATION_FILE}")
 
 
-def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False):
-    """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest."""
+def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=None, on_error="stop", force=False,
+                       dataset="flickr30k"):
+    """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest. ``dataset``:
+    flickr30k's layout or CLIP_benchmark's MSCOCO one (``dataset.DATASETS``)."""
     from .models import model_skeleton, preprocess_config
 
     data_dir, save_dir = Path(data_dir), Path(save_dir)
     problems = Problems(on_error)
-    manifest = read_annotations(data_dir / ANNOTATION_FILE, problems)
+    manifest = read_dataset(data_dir, dataset, problems)
     check_unique_stems(manifest.images, data_dir)
     named = set(manifest.images)
-    manifest.unreferenced_images = sum(1 for p in data_dir.iterdir()
-                                       if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in named)
+    image_dir = (data_dir / manifest.images[0]).parent
+    manifest.unreferenced_images = sum(1 for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                                       and str(p.relative_to(data_dir)) not in named) if image_dir.is_dir() else 0
     missing = [name for name in manifest.images if not (data_dir / name).is_file()]
     for name in missing:
-        problems.report(data_dir / name, f"named in {ANNOTATION_FILE} but not found",
-                        "put the image beside the annotation file")
+        problems.report(data_dir / name, f"named in {ANNOTATION_FILE if dataset == 'flickr30k' else COCO_ANNOTATION_FILE} "
+                        "but not found", "put the image where the annotation file says")
     config = preprocess_config(model_skeleton(model_name), model_name, pretrained)
     tokenizer = Tokenizer(model_name)
     height, width = config.size
@@ -180,7 +183,8 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
         remove_stale_temporaries(save_dir / "images")  # what a stopped worker was writing
     for source, reason in failures.items():
         problems.report(source, reason, "replace the file or remove its lines from the annotation file")
-    manifest = manifest.without_images([Path(source).name for source in failures])
+    failed = {str(source) for source in failures}
+    manifest = manifest.without_images([name for name in manifest.images if str(data_dir / name) in failed])
 
     tokens = tokenizer([caption.text for caption in manifest.captions])
     for caption, row in zip(tqdm(manifest.captions, desc="texts", unit="caption"), tokens):

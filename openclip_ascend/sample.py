@@ -163,3 +163,27 @@ def write_classification_dir(out_dir, count=80, seed=4321):
         with atomic_path(folder / f"{offset}.jpg") as tmp:
             scene.render().save(tmp, format="JPEG", quality=90)
     return out_dir
+
+
+def write_coco_sample_dir(out_dir, count=100, seed=1234, first_id=391895):
+    """The sample set in CLIP_benchmark's MSCOCO layout: ``val2014/COCO_val2014_{id:012d}.jpg`` and
+    ``coco_test_karpathy.json`` (COCO captions format), the same scenes and captions as
+    ``write_sample_dir``."""
+    import json
+
+    from .dataset import COCO_ANNOTATION_FILE, COCO_IMAGES
+
+    out_dir = Path(out_dir)
+    (out_dir / COCO_IMAGES).mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for offset, scene in enumerate(random_scenes(count, seed)):
+        image_id = first_id + 7 * offset
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        with atomic_path(out_dir / COCO_IMAGES / name) as tmp:
+            scene.render().save(tmp, format="JPEG", quality=90)
+        images.append({"id": image_id, "file_name": name, "width": scene.width, "height": scene.height})
+        annotations += [{"image_id": image_id, "id": len(annotations) + 1, "caption": caption}
+                        for caption in scene.captions()]
+    with atomic_path(out_dir / COCO_ANNOTATION_FILE) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"images": images[::-1], "annotations": annotations}, handle)  # not in id order: the reader sorts
+    return out_dir

@@ -1,6 +1,7 @@
 # Shared by the numbered steps: one configuration, from the environment.
 #   OUT          run folder                       (default outputs/demo)
 #   DATA_DIR     flickr30k folder                 (default: generate the bundled sample set)
+#   DATASET      DATA_DIR's layout: flickr30k, or mscoco (CLIP_benchmark's val2014/ + coco_test_karpathy.json)
 #   MODEL_NAME   open_clip model name             (default openclip-ascend-tiny, the bundled model)
 #   PRETRAINED   checkpoint file, cached tag or none (default: the bundled tiny weights; laion2b_s34b_b79k for others)
 #   REQUIRE_IDLE 1: a busy NPU before step 6 stops the run (default 0: a warning)

@@ -35,6 +35,9 @@ def main(argv=None, prog=None):
     parser.add_argument("--output-dir", default=env("OUT", "outputs/demo"), help="run folder [OUT]")
     parser.add_argument("--steps", default="1-7", help="e.g. 1-7, 4, 5,6")
     parser.add_argument("--data-dir", default=env("DATA_DIR"), help="flickr30k folder; default: generate the sample [DATA_DIR]")
+    parser.add_argument("--dataset", default=env("DATASET", "flickr30k"), choices=["flickr30k", "mscoco"],
+                        help="DATA_DIR's layout: flickr30k, or mscoco (CLIP_benchmark's val2014/ + "
+                             "coco_test_karpathy.json) [DATASET]")
     parser.add_argument("--model-name", default=env("MODEL_NAME", TINY_MODEL), help="[MODEL_NAME]")
     parser.add_argument("--pretrained", default=env("PRETRAINED"),
                         help=f"checkpoint file or cached tag; {TINY_MODEL} defaults to its bundled weights [PRETRAINED]")
@@ -78,7 +81,7 @@ def main(argv=None, prog=None):
     from ..postprocess import failed_checks
 
     config = RunConfig(output_dir=args.output_dir, model_name=args.model_name, pretrained=args.pretrained,
-                       data_dir=args.data_dir, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
+                       data_dir=args.data_dir, dataset=args.dataset, batch_sizes=tuple(csv_ints(args.batch_sizes)), backend=args.backend,
                        reference=not args.no_reference, int8=args.int8, gpu=args.gpu, fp16_estimate=args.fp16_estimate,
                        dynamic_batch=args.dynamic_batch, devices=csv_ints(args.devices, minimum=0),
                        precision_mode=args.precision_mode, soc_version=args.soc_version, workers=args.workers,

@@ -26,12 +26,15 @@ def main(argv=None, prog=None):
                         help="bad image or caption line: stop with a message (default), or leave it out, record it "
                              "in the manifest and go on")
     parser.add_argument("--force", action="store_true", help="redo every output (default: keep valid ones)")
+    parser.add_argument("--dataset", default="flickr30k", choices=["flickr30k", "mscoco"],
+                        help="the data folder's layout: flickr30k (images + flickr30k_test_karpathy.txt) or mscoco "
+                             "(CLIP_benchmark's: val2014/ + coco_test_karpathy.json) (default: %(default)s)")
     args = parser.parse_args(argv)
 
     from ..preprocess import preprocess_dataset
 
     manifest = preprocess_dataset(args.data_dir, args.save_dir, args.model_name, args.pretrained, args.workers,
-                                  args.on_error, args.force)
+                                  args.on_error, args.force, args.dataset)
     for entry in manifest.skipped:
         print(f"skipped: {entry['item']}: {entry['reason']}", file=sys.stderr)
     print_result({"images": len(manifest.images), "captions": len(manifest.captions), "skipped": len(manifest.skipped),
