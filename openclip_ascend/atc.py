@@ -234,9 +234,10 @@ def plan_jobs(onnx_prefix, towers, batch_sizes, soc_version, output_dir=None, dy
                        "--log=error", f"--soc_version={soc_version}"]
             if dynamic_batch:
                 command.append(f"--dynamic_batch_size={gear}")
-            keeps = modes[tower] == "mixed" or is_keep_file(modes[tower])
-            keep_file = output.with_name(output.name + ".keep_dtype.cfg") if keeps else None
-            precision = precision_args("mixed" if keeps else modes[tower], precision_mode_v2, keep_file)
+            # a keep:FILE is the mixed preset with FILE's names; an empty one (nothing to keep) is plain fp16
+            mode = ("mixed" if keep_nodes else "fp16") if is_keep_file(modes[tower]) else modes[tower]
+            keep_file = output.with_name(output.name + ".keep_dtype.cfg") if mode == "mixed" else None
+            precision = precision_args(mode, precision_mode_v2, keep_file)
             jobs.append(AtcJob(tower, gear, model, output, command + precision + extra, keep_dtype=keep_nodes))
     return jobs
 
@@ -246,6 +247,15 @@ def find_om(output):
     pattern = re.compile(re.escape(output.name) + r"(_linux_[A-Za-z0-9_]+)?\.om")
     found = sorted(p for p in output.parent.glob(output.name + "*.om") if pattern.fullmatch(p.name))
     return found[0] if found else None
+
+
+def required_om(prefix, graph, batch_label, advice):
+    """The OM compiled for ``graph`` at ``batch_label`` (``bs8``, ``dynbs``), or a KitError ending in ``advice``."""
+    stem = om_stem(prefix, graph, batch_label)
+    om = find_om(stem)
+    if om is None:
+        raise KitError(f"{stem}.om not found; {advice}")
+    return om
 
 
 def is_up_to_date(job):

@@ -238,8 +238,8 @@ def check_length_parity(model, prefix, length):
     from .backends import OnnxRuntimeSession
     from .text_lengths import trimmed_width
 
-    full = OnnxRuntimeSession(_exported(prefix, "text"))
-    short = OnnxRuntimeSession(onnx_path(prefix, text_graph(length)))
+    path = onnx_path(prefix, text_graph(length))
+    full, short = OnnxRuntimeSession(_exported(prefix, "text")), OnnxRuntimeSession(path)
     context = input_geometry(model)[1]
     limit = context if length == DYNAMIC_LENGTH else int(length)
     cases = {batch: example_inputs(model, "text", batch, seed=seed, max_tokens=limit)
@@ -255,7 +255,7 @@ def check_length_parity(model, prefix, length):
         results[key] = compare_embeddings(full.run(tokens), short.run(np.ascontiguousarray(tokens[:, :width])))
     worst = max(result["max_abs_diff"] for result in results.values())
     if worst > LENGTH_PARITY_TOLERANCE:
-        raise KitError(f"{onnx_path(prefix, text_graph(length))}: differs from the full-length text graph by {worst:.2e} "
+        raise KitError(f"{path}: differs from the full-length text graph by {worst:.2e} "
                        f"(> {LENGTH_PARITY_TOLERANCE:g}) on captions that fit it; report the model name")
     return results
 
@@ -296,17 +296,17 @@ def fp16_estimate_path(prefix, tower):
     return Path(f"{prefix}_{tower}_fp16sim.onnx")
 
 
-def simulate_fp16(prefix, tower, keep=(), target=None):
+def simulate_fp16(prefix, tower):
     """An fp32 graph that rounds like an fp16 NPU build, to estimate force_fp16's accuracy cost on a CPU.
 
     Weights are rounded to fp16 and every float tensor a node produces passes through
     Cast(float16)→Cast(float): storage in fp16, arithmetic in fp32 — what Ascend's cube units do
     (fp16 operands, fp32 accumulation, fp16 results). Not bit-exact to any NPU kernel: an estimate.
-    ``keep``: node names left in fp32 as atc's ``--keep_dtype`` leaves them (their outputs and the
-    weights only they read are not rounded); ``target`` another file than the fp16 estimate's.
     """
+    import onnx
+
     source = _exported(prefix, tower)
-    return save_onnx(fp16_graph(source, keep), target or fp16_estimate_path(prefix, tower))
+    return save_onnx(round_like_fp16(onnx.load(str(source)), float_outputs(source)), fp16_estimate_path(prefix, tower))
 
 
 def float_outputs(source):
@@ -320,14 +320,13 @@ def float_outputs(source):
             if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
-def fp16_graph(source, keep=()):
-    """The ModelProto of ``simulate_fp16`` for the graph at ``source``."""
-    import onnx
+def round_like_fp16(model, float_values, keep=()):
+    """``model`` (changed in place and returned) with the fp16 rounding of ``simulate_fp16``;
+    ``float_values`` are ``float_outputs`` of its graph. ``keep``: node names left in fp32 as atc's
+    ``--keep_dtype`` leaves them (their outputs and the weights only they read are not rounded)."""
     from onnx import TensorProto, helper, numpy_helper
 
     keep = set(keep)
-    float_values = float_outputs(source)
-    model = onnx.load(str(source))
     graph = model.graph
     rounded = {name for node in graph.node if node.name not in keep for name in node.input}
     for init in graph.initializer:

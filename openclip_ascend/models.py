@@ -22,6 +22,11 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"  # the reference scripts' default tag
 RANDOM_WEIGHTS = "none"  # --pretrained none: random weights, only when asked for, always with a warning
 
 
+def onnx_prefix(out_dir, model_name):
+    """``OUT/models/vit_b_32``: where a run folder keeps a model's graphs (``{prefix}_{graph}.onnx``)."""
+    return Path(out_dir) / "models" / model_name.lower().replace("-", "_").replace("/", "_")
+
+
 def is_random_weights(pretrained):
     return isinstance(pretrained, str) and pretrained.strip().lower() == RANDOM_WEIGHTS
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import KitError, read_json, write_json
-from .models import TINY_MODEL, default_pretrained, is_random_weights
+from .models import TINY_MODEL, default_pretrained, is_random_weights, onnx_prefix
 from .text_lengths import DYNAMIC_LENGTH, text_graph
 
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
@@ -67,7 +67,7 @@ class RunConfig:
 
     @property
     def onnx_prefix(self):
-        return self.output_dir / "models" / self.model_name.lower().replace("-", "_").replace("/", "_")
+        return onnx_prefix(self.output_dir, self.model_name)
 
     def infer_dir(self, backend, batch):
         return self.output_dir / "infer" / f"{backend}_bs{batch}"
@@ -249,17 +249,11 @@ def step_convert(config):
 def _om(config, tower, batch):
     """The tower's OM for ``batch``; for text with length buckets, theirs too, comma-separated
     (shortest first: the runner's BucketedSession)."""
-    from .atc import find_om, om_stem
+    from .atc import required_om
 
     graphs = [tower] if tower == "vision" else [text_graph(length) for length in _length_buckets(config)] + [tower]
-    oms = []
-    for graph in graphs:
-        stem = om_stem(config.onnx_prefix, graph, "dynbs" if config.dynamic_batch else f"bs{batch}")
-        om = find_om(stem)
-        if om is None:
-            raise KitError(f"{stem}.om not found; run step 3 (convert) first")
-        oms.append(str(om))
-    return ",".join(oms)
+    label = "dynbs" if config.dynamic_batch else f"bs{batch}"
+    return ",".join(str(required_om(config.onnx_prefix, graph, label, "run step 3 (convert) first")) for graph in graphs)
 
 
 def _cpu_session(config, backend, tower):

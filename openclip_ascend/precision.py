@@ -1,6 +1,6 @@
 """Where fp16 breaks a tower, and the smallest set of nodes to keep in fp32 that repairs it.
 
-Both work on the CPU through the kit's fp16 simulation (``export.fp16_graph``: weights and every
+Both work on the CPU through the kit's fp16 simulation (``export.round_like_fp16``: weights and every
 intermediate stored in fp16, arithmetic in fp32). ``locate`` runs the fp32 graph (the golden run) and
 the simulation on the same inputs with every node's output exposed, and reports per node its error
 against fp32, grouped by module scope (``transformer/resblocks.10/ln_2``). ``search`` grows a set of
@@ -82,14 +82,15 @@ def onnx_load(source):
     return onnx.load(str(source))
 
 
-def traced_nodes(source):
-    """The nodes whose float outputs the comparison reads, in graph (topological) order."""
-    import onnx
+def copy_of(model_proto):
+    model = type(model_proto)()
+    model.CopyFrom(model_proto)
+    return model
 
-    from .export import float_outputs
 
-    floats = float_outputs(source)
-    graph = onnx.load(str(source), load_external_data=False).graph
+def traced_nodes(graph, floats):
+    """The nodes whose float outputs (``floats``: ``export.float_outputs``) the comparison reads, in
+    graph (topological) order."""
     nodes = []
     for depth, node in enumerate(graph.node):
         if node.op_type in ("Shape", "Constant") or not node.output or node.output[0] not in floats:
@@ -102,8 +103,7 @@ def _exposing(model_proto, names):
     """A copy of ``model_proto`` whose graph outputs are its own plus ``names``."""
     from onnx import TensorProto, helper
 
-    model = type(model_proto)()
-    model.CopyFrom(model_proto)
+    model = copy_of(model_proto)
     present = {output.name for output in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
                               for name in names if name not in present)
@@ -119,6 +119,12 @@ def _session(model_proto):
     return session, session.get_inputs()[0].name
 
 
+def embed_all(run, inputs, batch_size):
+    """``run`` over ``inputs`` in batches, the outputs concatenated."""
+    return np.concatenate([run(np.ascontiguousarray(inputs[i:i + batch_size]))
+                           for i in range(0, len(inputs), batch_size)])
+
+
 def _run_all(session, names, batch):
     session, input_name = session
     return dict(zip(names, session.run(names, {input_name: batch})))
@@ -127,12 +133,13 @@ def _run_all(session, names, batch):
 def locate(source, inputs, batch_size=2):
     """Per-node error of the fp16 simulation against fp32 on ``inputs`` (an array of samples); returns
     the NodeErrors in graph order, with ``introduced`` and each ``jump`` marked."""
-    from .export import fp16_graph
+    from .export import float_outputs, round_like_fp16
 
-    nodes = traced_nodes(source)
+    model, floats = onnx_load(source), float_outputs(source)
+    nodes = traced_nodes(model.graph, floats)
     names = [node.output for node in nodes]
-    golden = _session(_exposing(onnx_load(source), names))
-    simulated = _session(_exposing(fp16_graph(source), names))
+    golden = _session(_exposing(model, names))
+    simulated = _session(_exposing(round_like_fp16(model, floats), names))
     for start in tqdm(range(0, len(inputs), batch_size), desc="locate", unit="batch"):
         chunk = np.ascontiguousarray(inputs[start:start + batch_size])
         expected, got = _run_all(golden, names, chunk), _run_all(simulated, names, chunk)
@@ -186,27 +193,29 @@ class KeepSearch:
     tower's embeddings at cosine ≥ ``min_cosine`` to fp32 make a set good enough."""
 
     def __init__(self, source, inputs, other_embeds, owners, tower, recall_bound, min_cosine, batch_size=16):
-        self.source, self.inputs, self.owners, self.tower = source, inputs, owners, tower
+        self.inputs, self.owners, self.tower = inputs, owners, tower
         self.other, self.recall_bound, self.min_cosine, self.batch_size = other_embeds, recall_bound, min_cosine, batch_size
-        graph = onnx_load(source)
-        self.output = graph.graph.output[0].name
-        self.fp32_embeds = self._embed(_session(graph))
+        from .export import float_outputs
+
+        self.graph, self.floats = onnx_load(source), float_outputs(source)  # read once, rounded per keep set
+        self.output = self.graph.graph.output[0].name
+        self.fp32_embeds = self._embed(_session(self.graph))
         self.fp32 = self._metrics(self.fp32_embeds)
         self.evaluations = 0
 
     def _embed(self, session):
-        return np.concatenate([_run_all(session, [self.output], np.ascontiguousarray(self.inputs[i:i + self.batch_size]))
-                               [self.output] for i in range(0, len(self.inputs), self.batch_size)])
+        return embed_all(lambda batch: _run_all(session, [self.output], batch)[self.output], self.inputs,
+                         self.batch_size)
 
     def _metrics(self, embeds):
         images, texts = (embeds, self.other) if self.tower == "vision" else (self.other, embeds)
         return evaluate_retrieval(images, texts, self.owners).metrics
 
     def evaluate(self, keep):
-        from .export import fp16_graph
+        from .export import round_like_fp16
 
         self.evaluations += 1
-        embeds = self._embed(_session(fp16_graph(self.source, keep)))
+        embeds = self._embed(_session(round_like_fp16(copy_of(self.graph), self.floats, keep)))
         broken = ~np.isfinite(embeds).all(axis=1)  # an overflow reached the embedding: no direction at all
         embeds[broken] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -370,9 +379,9 @@ class PrecisionJob:
 def export_for_precision(model_name, pretrained, out_dir):
     """Both towers exported (and checked) into ``out_dir/models``; returns the ONNX prefix."""
     from .export import export_model
-    from .models import default_pretrained, load_model
+    from .models import default_pretrained, load_model, onnx_prefix
 
-    prefix = Path(out_dir) / "models" / model_name.lower().replace("-", "_").replace("/", "_")
+    prefix = onnx_prefix(out_dir, model_name)
     export_model(load_model(model_name, default_pretrained(model_name, pretrained)), prefix)
     return prefix
 
@@ -408,9 +417,7 @@ def run_search(job, samples, recall_bound, min_cosine, soc_version=""):
     from .files import write_json
 
     nodes = run_locate(job, samples)
-    other = OnnxRuntimeSession(job.other)
-    other_embeds = np.concatenate([other.run(np.ascontiguousarray(job.other_inputs[i:i + 16]))
-                                   for i in range(0, len(job.other_inputs), 16)])
+    other_embeds = embed_all(OnnxRuntimeSession(job.other).run, job.other_inputs, 16)
     searcher = KeepSearch(job.source, job.inputs, other_embeds, job.owners, job.tower, recall_bound, min_cosine)
     plain, result, steps = search(searcher, nodes, vector_only=is_310p(soc_version))
     keep = result.keep if result.ok else []

@@ -172,8 +172,9 @@ def run_pure(session, batch_size=1, loop=1, warmup_count=1, output_dir=None, out
     text session with shorter lengths runs its longest (the full context)."""
     batch = model_batch_size(session, batch_size)
     shape = (batch,) + tuple(dim if dim is not None else 1 for dim in session.input_shape[1:])
-    if token_widths(session):  # the full length: what the reference's fixed-length model runs
-        shape = (batch, max(token_widths(session)))
+    widths = token_widths(session)
+    if widths:  # the full length: what the reference's fixed-length model runs
+        shape = (batch, max(widths))
     zeros = np.zeros(shape, dtype=session.input_dtype)
     if session.input_dtype == np.int64 and len(shape) == 2:
         zeros[:, 0] = 49407  # an all-zero token row has no EOT; put the pooled token first

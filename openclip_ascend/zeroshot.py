@@ -178,21 +178,17 @@ def _sessions(backend, model_name, pretrained, out_dir, batch_size, onnx_prefix=
     if backend == "torch":
         return {tower: functools.partial(TorchSession, model_name, pretrained, tower) for tower in ("vision", "text")}
     if backend == "ascend":
-        from .atc import find_om, om_stem
+        from .atc import required_om
 
-        oms = {}
-        for tower in ("vision", "text"):
-            om = find_om(om_stem(om_prefix, tower, f"bs{batch_size}"))
-            if om is None:
-                raise KitError(f"{om_stem(om_prefix, tower, f'bs{batch_size}')}.om not found; compile it with "
-                               f"convert/onnx2om.py --batch-sizes {batch_size}")
-            oms[tower] = functools.partial(AscendSession, om, device)
-        return oms
+        advice = f"compile it with convert/onnx2om.py --batch-sizes {batch_size}"
+        return {tower: functools.partial(AscendSession, required_om(om_prefix, tower, f"bs{batch_size}", advice), device)
+                for tower in ("vision", "text")}
     from .export import export_model, export_text_lengths, onnx_path
+    from .models import onnx_prefix as default_prefix
     from .text_lengths import DYNAMIC_LENGTH, text_graph
     from .towers import trims_exactly
 
-    prefix = Path(onnx_prefix or Path(out_dir) / "models" / model_name.lower().replace("-", "_").replace("/", "_"))
+    prefix = Path(onnx_prefix or default_prefix(out_dir, model_name))
     if not all(onnx_path(prefix, tower).is_file() for tower in ("vision", "text")):
         from .models import load_model
 

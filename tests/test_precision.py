@@ -75,6 +75,9 @@ def test_planted_overflow_is_repaired_by_the_smallest_keep_set(planted_weights, 
     (job,) = plan_jobs(prefix, ["vision"], [4], "Ascend910B4", tmp_path / "om",
                        precision_mode=f"keep:{tmp_path / 'keep_dtype_vision.cfg'}")
     assert "--precision_mode=force_fp16" in job.command and job.keep_dtype == record["keep"]
+    (tmp_path / "empty.cfg").write_text("")  # nothing to keep: plain fp16, no --keep_dtype naming an unwritten file
+    (job,) = plan_jobs(prefix, ["vision"], [4], "Ascend910B4", tmp_path / "om", precision_mode=f"keep:{tmp_path / 'empty.cfg'}")
+    assert not any(arg.startswith(("--keep_dtype", "--precision_mode")) for arg in job.command) and job.keep_dtype == []
     (tmp_path / "bad.cfg").write_text("/no/such/node\n")
     with pytest.raises(KitError, match="nodes not in this graph"):
         plan_jobs(prefix, ["vision"], [4], "Ascend910B4", tmp_path / "om", precision_mode=f"keep:{tmp_path / 'bad.cfg'}")
