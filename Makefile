@@ -28,7 +28,7 @@ $(FLOOR_VENV)/.installed: requirements-floor.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 PYTHON=$(PY) bash steps/run_all.sh
+	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 TASK=retrieval,zeroshot PYTHON=$(PY) bash steps/run_all.sh
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openclip_ascend.backends import OnnxRuntimeSession  # noqa: E402
 from openclip_ascend.cli import csv_ints  # noqa: E402
-from openclip_ascend.export import export_tower, onnx_path, plain_attention, quantize_int8  # noqa: E402
+from openclip_ascend.export import export_tower, onnx_path, quantize_int8  # noqa: E402
+from openclip_ascend.npu_profile import flops_per_sample  # noqa: E402
 from openclip_ascend.towers import example_inputs, tower_module  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
 from openclip_ascend.metrics import compare_embeddings  # noqa: E402
@@ -110,16 +111,6 @@ def theoretical_peak():
     return peak, f"{cores} CPUs × {max(mhz) / 1000:.2f} GHz × {lanes} fp32 lanes × 2 (FMA) × 2 FMA units"
 
 
-def flops_per_sample(module, model, inputs):
-    """FLOP of one sample, counted on plain attention (the fused fast path hides its matmuls from the counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), plain_attention(model):
-        module(torch.from_numpy(inputs[:1]))
-    return counter.get_total_flops()
-
-
 def timed(run, inputs, min_seconds=0.25):
     """Seconds per run, over as many runs as fill ``min_seconds`` (batch 1 runs take ~20 ms, too short
     to time one by one on a noisy machine), after an untimed run that lets the previous runner's
@@ -161,9 +152,8 @@ def main():
             "onnxruntime (stock export)": OnnxRuntimeSession(onnx_path(stock, tower)).run,
             "onnxruntime-int8": OnnxRuntimeSession(quantize_int8(prefix, tower)).run,
         }
-        single = example_inputs(model, tower, 1)
-        flops = flops_per_sample(eager, model, single)
-        executed[tower] = flops_per_sample(tower_module(model, tower, pooled_last_block=True), model, single) / flops
+        flops = flops_per_sample(model, tower, eager)
+        executed[tower] = flops_per_sample(model, tower, tower_module(model, tower, pooled_last_block=True)) / flops
         for batch in csv_ints(args.batch_sizes):
             inputs = example_inputs(model, tower, batch, seed=batch)
             shapes = model_gemm_shapes(model, tower, max(batch, ROOFLINE_BATCH))

@@ -193,11 +193,13 @@ class AscendSession:
 
     name = "ascend"
 
-    def __init__(self, path, device_id=0, dym_batch=None):
+    def __init__(self, path, device_id=0, dym_batch=None, acl_json_path=None):
         path = Path(path)
         if not path.is_file():
             raise KitError(f"{path}: OM model not found; compile it with convert/onnx2om.py")
-        self.session = ais_bench_infer_session()(int(device_id), str(path))
+        # acl_json_path: an acl.json that turns on the operator dump (npu_dump.write_acl_json)
+        self.session = ais_bench_infer_session()(int(device_id), str(path),
+                                                 acl_json_path=str(acl_json_path) if acl_json_path else None)
         try:
             self._describe(path, dym_batch)
         except KitError:
@@ -293,7 +295,7 @@ class BucketedSession:
 
 
 def open_session(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
-                 dym_batch=None):
+                 dym_batch=None, acl_json_path=None):
     """Pick the session for ``backend``; ``auto`` decides from the model file's suffix. Several
     comma-separated text models of different token lengths run as length buckets."""
     if model and "," in str(model):
@@ -301,17 +303,18 @@ def open_session(backend="auto", model=None, model_name=None, pretrained=None, t
         sessions = []
         try:
             for path in paths:
-                sessions.append(_open_one(backend, path, model_name, pretrained, tower, device, dym_batch))
+                sessions.append(_open_one(backend, path, model_name, pretrained, tower, device, dym_batch,
+                                          acl_json_path))
             return BucketedSession(sessions, paths)
         except KitError:
             for session in sessions:
                 session.close()
             raise
-    return _open_one(backend, model, model_name, pretrained, tower, device, dym_batch)
+    return _open_one(backend, model, model_name, pretrained, tower, device, dym_batch, acl_json_path)
 
 
 def _open_one(backend="auto", model=None, model_name=None, pretrained=None, tower=None, device=0,
-                 dym_batch=None):
+              dym_batch=None, acl_json_path=None):
     if backend == "torch":
         if not model_name:
             raise KitError("--backend torch needs --model-name and --tower (--pretrained: a checkpoint file or cached "
@@ -321,7 +324,9 @@ def _open_one(backend="auto", model=None, model_name=None, pretrained=None, towe
         raise KitError("--model is required: an .onnx file (ONNX Runtime) or an .om file (Ascend)")
     suffix = Path(model).suffix.lower()
     if backend == "ascend" or (backend == "auto" and suffix == ".om"):
-        return AscendSession(model, device, dym_batch)
+        return AscendSession(model, device, dym_batch, acl_json_path)
+    if acl_json_path:
+        raise KitError("--dump / --acl_json_path: the operator dump is an NPU feature (acl.json); give an .om model")
     if dym_batch:
         raise KitError("--dymBatch applies to dynamic-batch OMs; for ONNX use --batchsize")
     onnx_device = "cuda" if str(device) == "cuda" else "cpu"

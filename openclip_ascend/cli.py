@@ -54,3 +54,14 @@ def parse_text_lengths(text):
     parts = [part.strip() for part in str(text).split(",") if part.strip()]
     numbers = [part for part in parts if part != DYNAMIC_LENGTH]
     return [DYNAMIC_LENGTH] * (DYNAMIC_LENGTH in parts) + (csv_ints(",".join(numbers), minimum=3) if numbers else [])
+
+
+def str2bool(text):
+    """ais_bench's boolean flags (``--dump 1``): yes/true/t/y/1 or no/false/f/n/0, any case."""
+    import argparse
+
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError("Boolean value expected true, 1, false, 0 with case insensitive.")

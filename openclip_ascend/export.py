@@ -98,20 +98,26 @@ def _tracing_input(model, tower, given=None, length=None):
     return fresh if given is None else np.concatenate([given, fresh[:1]]).astype(fresh.dtype)
 
 
-def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None, length=None):
+def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None, length=None, npu=False):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output.
 
     ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
     MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
     ``given`` is a (1, …) input to trace with (the reference's ``--image`` / ``--text``). ``length``
     (text): a static token count below the context, or ``DYNAMIC_LENGTH`` for a dynamic sequence axis;
-    the graph records the model's context length in its metadata (``context_length``).
+    the graph records the model's context length in its metadata (``context_length``). ``npu``: the
+    NPU-shaped forward (``npu_graph``: tokens padded to 16, 2-D products).
     """
     import onnx
 
     spec = TOWERS[tower]
     path = Path(path)
-    module = tower_module(model, tower, pooled_last_block=rewrite, length=length)
+    if npu:
+        from .npu_graph import npu_tower_module
+
+        module, rewrite = npu_tower_module(model, tower), False  # it calls attend itself
+    else:
+        module = tower_module(model, tower, pooled_last_block=rewrite, length=length)
     example = torch.from_numpy(_tracing_input(model, tower, given, length))
     dynamic_axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}}
     if length == DYNAMIC_LENGTH:
@@ -205,6 +211,27 @@ def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, 
         path = export_tower(model, tower, onnx_path(prefix, tower), opset, given=given)
         report[tower] = {"path": str(path),
                          "parity": check_parity(model, tower, path, given=given) if check else None}
+    return report
+
+
+def npu_graph(tower):
+    """The graph name of a tower's NPU-shaped variant: ``vision_npu``, ``text_npu``."""
+    return f"{tower}_npu"
+
+
+def export_npu_graphs(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True):
+    """``{prefix}_{tower}_npu.onnx`` for each tower the rewrite reproduces exactly (others are said
+    and skipped), each checked against PyTorch like the standard graph; returns {graph: {path, parity}}."""
+    from .npu_graph import supports
+
+    report = {}
+    for tower in towers:
+        if not supports(model, tower):
+            print(f"--npu-graph: the {tower} tower is not open_clip's standard ViT / CLIP text transformer; it keeps "
+                  "the standard graph only")
+            continue
+        path = export_tower(model, tower, onnx_path(prefix, npu_graph(tower)), opset, npu=True)
+        report[npu_graph(tower)] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
     return report
 
 

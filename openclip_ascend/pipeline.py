@@ -4,6 +4,11 @@
 reference, every batch size) → 5 accuracy → 6 performance → 7 report. Every step reads what the earlier ones
 left in ``output_dir`` and writes its own results there; ``steps/*.sh`` and ``openclip_pipeline.py``
 call these with the same configuration.
+
+Tasks: ``retrieval`` (flickr30k or MSCOCO: ``prep/``, ``infer/``, ``accuracy.json``) and ``zeroshot``
+(an image-folder classification set: ``zeroshot/prep/``, ``zeroshot/infer/``, ``zeroshot.json``) share the
+graphs, OMs and throughput; steps 1, 4 and 5 keep one entry per task in results.json, so a later run of
+the other task into the same folder adds to the report instead of replacing it.
 """
 
 import functools
@@ -23,6 +28,8 @@ INT8 = "onnxruntime-int8"
 GPU = "onnxruntime-cuda"
 FP16_ESTIMATE = "fp16-estimate"  # CPU run of the graph with fp16 rounding: accuracy only, not speed
 TOWER_INPUTS = {"vision": "images", "text": "texts"}
+TASK_INPUTS = {"retrieval": TOWER_INPUTS, "zeroshot": {"vision": "images", "text": "prompts"}}
+PER_TASK_STEPS = (1, 4, 5)  # their results.json entry is {task: result}
 
 
 @dataclass
@@ -38,6 +45,7 @@ class RunConfig:
     int8: bool = False  # also run the int8 (dynamically quantised) ONNX Runtime fallback
     gpu: bool = False  # also run the ONNX models on CUDA through onnxruntime-gpu
     fp16_estimate: bool = False  # estimate an fp16 OM's accuracy on the CPU before reaching an NPU
+    aipp_estimate: bool = False  # estimate the accuracy cost of uint8 input normalised by AIPP (CPU emulation)
     dynamic_batch: bool = False  # one dynamic-batch OM per tower, its gears the batch sizes
     devices: list = field(default_factory=lambda: [0])  # NPU ids; several run one process each
     precision_mode: str = None  # atc precision preset or mode (see atc.PRECISION_PRESETS)
@@ -51,11 +59,23 @@ class RunConfig:
     text_lengths: list = field(default_factory=lambda: ["dyn"])
     precision_search: bool = False  # find the nodes to keep in fp32 (fp16 simulation); step 3 compiles with them
     require_idle: bool = False  # a busy NPU before step 6 stops the run instead of a warning
+    variants: str = None  # atc preset combinations to sweep in step 6 (Ascend), e.g. base,npu,npu+hp
+    accuracy_subset: int = 200  # images the sweep judges each variant's accuracy on (0: all)
+    profile: bool = False  # step 6 also runs the largest batch size under msprof (Ascend)
+    peak_tflops: float = None  # the chip's fp16 peak, for the profile's achieved TFLOP/s
+    tasks: tuple = ("retrieval",)  # retrieval (data_dir, dataset) and/or zeroshot (zeroshot_dir)
+    zeroshot_dir: Path = None  # ROOT/<class folder>/*.jpg (default: generate the colour sample)
+    zeroshot_dataset: str = None  # built-in class names and templates: imagenet1k, cifar10, cifar100
+    classnames: Path = None  # one class name per line (label order)
+    templates: Path = None  # one prompt template per line, {c} for the class name
     commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
         self.pretrained = default_pretrained(self.model_name, self.pretrained)
+        unknown = [task for task in self.tasks if task not in TASK_INPUTS]
+        if unknown or not self.tasks:
+            raise KitError(f"TASK={','.join(self.tasks)}: the tasks are {' and '.join(TASK_INPUTS)} (comma-separated)")
 
     @property
     def random_weights(self):
@@ -63,14 +83,20 @@ class RunConfig:
 
     @property
     def prep(self):
-        return self.output_dir / "prep"
+        return self.task_prep("retrieval")
+
+    def task_root(self, task):
+        return self.output_dir if task == "retrieval" else self.output_dir / task
+
+    def task_prep(self, task):
+        return self.task_root(task) / "prep"
 
     @property
     def onnx_prefix(self):
         return onnx_prefix(self.output_dir, self.model_name)
 
-    def infer_dir(self, backend, batch):
-        return self.output_dir / "infer" / f"{backend}_bs{batch}"
+    def infer_dir(self, backend, batch, task="retrieval"):
+        return self.task_root(task) / "infer" / f"{backend}_bs{batch}"
 
     def log(self, *argv):
         line = shlex.join(str(a) for a in argv)
@@ -108,6 +134,11 @@ def backends_of(config):
 
 
 def step_preprocess(config):
+    return {task: (_preprocess_retrieval if task == "retrieval" else _preprocess_zeroshot)(config)
+            for task in config.tasks}
+
+
+def _preprocess_retrieval(config):
     from .preprocess import preprocess_dataset
     from .sample import write_sample_dir
 
@@ -115,11 +146,32 @@ def step_preprocess(config):
     if data_dir is None:
         data_dir = write_sample_dir(config.output_dir / "sample")
         print(f"no data dir given: generated the sample set in {data_dir}")
+    dataset = config.dataset if config.data_dir is not None else "flickr30k"
     config.log("python", "openclip_preprocess.py", "--data-dir", data_dir, "--save-dir", config.prep,
-               "--model-name", config.model_name, *(["--dataset", config.dataset] if config.dataset != "flickr30k" else []))
+               "--model-name", config.model_name, *(["--dataset", dataset] if dataset != "flickr30k" else []))
     manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers,
-                                  dataset=config.dataset if config.data_dir is not None else "flickr30k")
-    return {"images": len(manifest.images), "captions": len(manifest.captions)}
+                                  dataset=dataset)
+    return {"dataset": dataset, "images": len(manifest.images), "captions": len(manifest.captions)}
+
+
+def _preprocess_zeroshot(config):
+    """The classification set's images and every class × template prompt, as openclip_zeroshot.py prepares them."""
+    from .sample import CLASSIFICATION_TEMPLATES_FILE, write_classification_dir
+    from .zeroshot import load_set, write_prepared
+
+    root, templates, name = config.zeroshot_dir, config.templates, config.zeroshot_dataset
+    if root is None:
+        root = write_classification_dir(config.output_dir / "sample_classification")
+        templates, name = templates or root / CLASSIFICATION_TEMPLATES_FILE, name or "colour sample"
+        print(f"no zero-shot data dir given: generated the colour classification sample in {root}")
+    config.log("python", "openclip_zeroshot.py", "--data-dir", root,
+               *(["--dataset", config.zeroshot_dataset] if config.zeroshot_dataset else []),
+               *(["--classnames", config.classnames] if config.classnames else []),
+               *(["--templates", templates] if templates else []), "--model-name", config.model_name, "--pretrained",
+               config.pretrained, "--output-dir", config.task_root("zeroshot"), "--prepare-only")
+    data = load_set(root, config.zeroshot_dataset, config.classnames, templates)
+    return write_prepared(config.task_prep("zeroshot"), data, name or root, config.model_name, config.pretrained,
+                          config.workers)
 
 
 def step_export(config):
@@ -152,6 +204,8 @@ def step_export(config):
     report = {"model_name": config.model_name, "pretrained": config.pretrained,
               "random_weights": config.random_weights, "towers": towers}
     if config.precision_search:
+        if "retrieval" not in config.tasks:
+            raise KitError("PRECISION_SEARCH=1 scores keep sets by retrieval recall: run it with TASK=retrieval")
         report["precision_search"] = _precision_search(config)
     write_json(config.output_dir / "export.json", report)
     return report
@@ -308,61 +362,112 @@ def _runs(config):
 
 
 def step_infer(config):
-    results = {}
+    results = {task: {} for task in config.tasks}
     for backend, batch, tower, flags, run in _runs(config):
-        folder, out = config.prep / TOWER_INPUTS[tower], config.infer_dir(backend, batch)
-        config.log("python", "openclip_infer.py", *flags, "--input", folder, "--output", out, "--output_dirname",
-                   tower, "--outfmt", "NPY", "--batchsize", batch)
-        summary = run(input=str(folder), output=str(out), output_dirname=tower, outfmt="NPY", batchsize=batch)
-        results.setdefault(backend, {}).setdefault(batch, {})[tower] = {
-            "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"],
-            **({"tokens_per_sample": summary["tokens_per_sample"]} if "tokens_per_sample" in summary else {})}
+        for task in config.tasks:
+            folder, out = config.task_prep(task) / TASK_INPUTS[task][tower], config.infer_dir(backend, batch, task)
+            config.log("python", "openclip_infer.py", *flags, "--input", folder, "--output", out, "--output_dirname",
+                       tower, "--outfmt", "NPY", "--batchsize", batch)
+            summary = run(input=str(folder), output=str(out), output_dirname=tower, outfmt="NPY", batchsize=batch)
+            results[task].setdefault(backend, {}).setdefault(batch, {})[tower] = {
+                "compute_fps": summary["throughput"], "e2e_fps": summary["e2e"]["fps"],
+                **({"tokens_per_sample": summary["tokens_per_sample"]} if "tokens_per_sample" in summary else {})}
     return results
 
 
 def step_accuracy(config):
-    import functools
-    import sys
-
-    from .postprocess import (degenerate_warning, embedding_agreement, evaluate_folders, read_embedding_dir,
-                              retrieval_record, tie_note)
-    from .tables import comparison_table, metrics_line, recall_table, save_table
+    from .postprocess import read_embedding_dir
 
     # batch by batch, so the PyTorch reference folders are read once per batch size and every
     # folder once per step (six folders cached: ~12 MB each on flickr30k with ViT-B-32)
     read = functools.lru_cache(maxsize=6)(read_embedding_dir)
-    backends = backends_of(config)
-    accuracy = []
+    return {task: (_retrieval_accuracy if task == "retrieval" else _zeroshot_accuracy)(config, read)
+            for task in config.tasks}
+
+
+def _embedding_folders(config, task):
+    """(batch, backend, output folder, agreement with PyTorch's folder or None) in step 5's order."""
     for batch in config.batch_sizes:
-        for backend in backends:
-            out = config.infer_dir(backend, batch)
+        for backend in backends_of(config):
+            out = config.infer_dir(backend, batch, task)
             if not (out / "vision").is_dir():
                 raise KitError(f"{out / 'vision'}: no embeddings; run step 4 (infer) first")
-            config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
-                       out / "text", "--manifest", config.prep / "manifest.json")
-            result, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json", read=read)
-            skipped = counts["skipped_in_preprocessing"]
-            note = f" (over {counts['images']} images; {skipped} items skipped in preprocessing)" if skipped else ""
-            print(f"{backend} bs{batch}: {metrics_line(result)}{note}")
-            note = tie_note(result)
-            if note:
-                print(f"  {note}")
-            warning = degenerate_warning(result, f"{backend} bs{batch}")
-            if warning:
-                print(warning, file=sys.stderr)
-            entry = {"backend": backend, "batch_size": batch, **retrieval_record(result, counts)}
-            reference = config.infer_dir("torch", batch)
-            if backend != "torch" and (reference / "vision").is_dir():
-                entry["agreement"] = {tower: embedding_agreement(reference / tower, out / tower, read=read)
-                                      for tower in TOWER_INPUTS}
-            accuracy.append(entry)
+            reference = config.infer_dir("torch", batch, task)
+            yield batch, backend, out, reference if backend != "torch" and (reference / "vision").is_dir() else None
+
+
+def _agreement(reference, out, read):
+    from .postprocess import embedding_agreement
+
+    return {tower: embedding_agreement(reference / tower, out / tower, read=read) for tower in TOWER_INPUTS}
+
+
+def _retrieval_accuracy(config, read):
+    import sys
+
+    from .postprocess import degenerate_warning, evaluate_folders, retrieval_record, tie_note
+    from .tables import comparison_table, metrics_line, recall_table, save_table
+
+    backends = backends_of(config)
+    accuracy = []
+    for batch, backend, out, reference in _embedding_folders(config, "retrieval"):
+        config.log("python", "openclip_postprocess.py", "--vision-embeds", out / "vision", "--text-embeds",
+                   out / "text", "--manifest", config.prep / "manifest.json")
+        result, counts = evaluate_folders(out / "vision", out / "text", config.prep / "manifest.json", read=read)
+        skipped = counts["skipped_in_preprocessing"]
+        note = f" (over {counts['images']} images; {skipped} items skipped in preprocessing)" if skipped else ""
+        print(f"{backend} bs{batch}: {metrics_line(result)}{note}")
+        note = tie_note(result)
+        if note:
+            print(f"  {note}")
+        warning = degenerate_warning(result.problems, f"{backend} bs{batch}")
+        if warning:
+            print(warning, file=sys.stderr)
+        entry = {"backend": backend, "batch_size": batch, **retrieval_record(result, counts)}
+        if reference:
+            entry["agreement"] = _agreement(reference, out, read)
+        accuracy.append(entry)
     accuracy.sort(key=lambda entry: backends.index(entry["backend"]))  # stable: batch sizes stay in order
     write_json(config.output_dir / "accuracy.json", accuracy)
     print(save_table(config.output_dir / "recall", *recall_table(accuracy),
                      title="Recall (CLIP_benchmark definition)"))
+    if config.aipp_estimate:
+        from .aipp import estimate
+
+        cost = estimate(config.onnx_prefix, config.prep)
+        write_json(config.output_dir / "aipp_estimate.json", cost)
+        print(f"AIPP estimate (uint8 input, fp16 normalisation on the chip, emulated): image R@5 "
+              f"{cost['aipp']['image_retrieval_recall@5']:.4f} (float input {cost['float']['image_retrieval_recall@5']:.4f}), "
+              f"vision min cosine to the float path {cost['vision_agreement']['min_cosine']:.6f}")
     if config.reference:
         print(save_table(config.output_dir / "accuracy_vs_torch", *comparison_table(accuracy),
                          title="Against PyTorch: recall@5 and embedding agreement"))
+    return accuracy
+
+
+def _zeroshot_accuracy(config, read):
+    """CLIP_benchmark's classification metrics per backend and batch size: one CLIP_benchmark result file
+    each (``zeroshot/results_{backend}_bs{N}.json``), all of them in ``zeroshot.json``."""
+    from .tables import save_table, zeroshot_table
+    from .zeroshot import evaluate_prepared, report_accuracy
+
+    backends, prep = backends_of(config), config.task_prep("zeroshot")
+    accuracy = []
+    for batch, backend, out, reference in _embedding_folders(config, "zeroshot"):
+        results_file = config.task_root("zeroshot") / f"results_{backend}_bs{batch}.json"
+        config.log("python", "openclip_zeroshot.py", "--prep", prep, "--vision-embeds", out / "vision",
+                   "--text-embeds", out / "text", "--backend", backend, "--batch-size", batch, "--results-file",
+                   results_file)
+        record = evaluate_prepared(prep, out / "vision", out / "text", backend, batch, read=read)
+        write_json(results_file, record)
+        report_accuracy(record)
+        if reference:
+            record = {**record, "agreement": _agreement(reference, out, read)}
+        accuracy.append(record)
+    accuracy.sort(key=lambda entry: backends.index(entry["backend"]))
+    write_json(config.output_dir / "zeroshot.json", accuracy)
+    print(save_table(config.output_dir / "zeroshot", *zeroshot_table(accuracy),
+                     title="Zero-shot classification (CLIP_benchmark definitions)"))
     return accuracy
 
 
@@ -372,6 +477,9 @@ def step_performance(config):
     from .npu import idle_check
     from .tables import noisy_cells, plot_throughput, save_table, throughput_table
 
+    if (config.variants or config.profile) and resolve_backend(config.backend)[0] != "ascend":
+        raise KitError("VARIANTS and PROFILE compile, time and profile OMs: they need the NPU (npu-smi, atc and "
+                       "ais_bench; BACKEND=ascend)")
     npu_state, busy = {}, []
     if resolve_backend(config.backend)[0] == "ascend":  # a figure taken on a busy NPU is not the model's
         npu_state, busy = idle_check(config.devices, config.require_idle)
@@ -401,20 +509,51 @@ def step_performance(config):
     plot_throughput(throughput, config.output_dir / "throughput.png")
     performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops,
                    "per_device": per_device, "spread": spreads, "npu_state": npu_state, "npu_warnings": busy}
+    if config.profile:
+        performance["profile"] = _profile(config, throughput["ascend"])
+        performance["peak_tflops"] = config.peak_tflops
+    if config.variants:
+        from .sweep import parse_options, run_sweep
+
+        performance["variants"] = run_sweep(config, parse_options(config.variants, config.accuracy_subset, 0.002, 0.99))
     write_json(config.output_dir / "performance.json", performance)
     return performance
+
+
+def _profile(config, fps_by_batch):
+    """Each tower's OM at the largest batch size under msprof → {tower: npu_profile record}."""
+    from .models import load_model
+    from .npu_profile import flops_per_sample, profile_om
+
+    batch = max(config.batch_sizes)
+    model = load_model(config.model_name, config.pretrained)
+    records = {}
+    for tower in TOWER_INPUTS:
+        om = _om(config, tower, batch).split(",")[-1]  # the full-length text OM, not a length bucket
+        records[tower] = profile_om(om, batch, config.perf_loops, config.output_dir / "profile" / f"{tower}_bs{batch}",
+                                    fps_by_batch[batch][tower], flops_per_sample(model, tower))
+        config.log(*shlex.split(records[tower]["command"]))
+    return records
 
 
 def step_report(config):
     from .report import write_report
 
-    path = write_report(config.output_dir)
+    path, published = write_report(config.output_dir)
     print(f"report: {path}")
-    return {"path": str(path)}
+    return {"path": str(path), "published": published}
 
 
 STEPS = {1: step_preprocess, 2: step_export, 3: step_convert, 4: step_infer, 5: step_accuracy, 6: step_performance,
          7: step_report}
+
+
+def _other_tasks_commands(config, lines):
+    """The recorded commands of tasks this run does not run (a zero-shot command names its folder)."""
+    def task_of(line):
+        return "zeroshot" if str(config.task_root("zeroshot")) in line or "openclip_zeroshot.py" in line else "retrieval"
+
+    return [line for line in lines if task_of(line) not in config.tasks]
 
 
 def run_steps(config, steps=tuple(STEPS)):
@@ -432,8 +571,12 @@ def run_steps(config, steps=tuple(STEPS)):
             raise KitError(f"step {number}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
         print(f"=== step {number}: {STEP_NAMES[number]} ===")
         first, start = len(config.commands), time.perf_counter()
-        results[STEP_NAMES[number]] = STEPS[number](config)
-        commands[STEP_NAMES[number]] = config.commands[first:]
+        result = STEPS[number](config)
+        if number in PER_TASK_STEPS and isinstance(results.get(STEP_NAMES[number]), dict):
+            result = {**results[STEP_NAMES[number]], **result}  # another task's entry from an earlier run stays
+        results[STEP_NAMES[number]] = result
+        commands[STEP_NAMES[number]] = (_other_tasks_commands(config, commands.get(STEP_NAMES[number], []))
+                                        if number in PER_TASK_STEPS else []) + config.commands[first:]
         results.setdefault("seconds", {})[STEP_NAMES[number]] = round(time.perf_counter() - start, 2)
         write_json(results_path, results)
     return results

@@ -108,12 +108,12 @@ def tie_note(result):
     return "exact ties, counted against the positive, lower " + ", ".join(parts)
 
 
-def degenerate_warning(result, where):
-    """The loud line for embeddings no working model produces (None when they look healthy)."""
-    if not result.degenerate:
+def degenerate_warning(problems, where):
+    """The loud line for embeddings no working model produces (None when ``problems`` is empty)."""
+    if not problems:
         return None
-    return (f"WARNING: accuracy check FAILED for {where}: degenerate embeddings ({'; '.join(result.problems)}). "
-            "A collapsed model's recall means nothing; check the OM's precision mode (fp16 overflow) and the inputs")
+    return (f"WARNING: accuracy check FAILED for {where}: degenerate embeddings ({'; '.join(problems)}). "
+            "A collapsed model's figures mean nothing; check the OM's precision mode (fp16 overflow) and the inputs")
 
 
 METRICS_NOTE = ("metrics: exact fractions hits/queries, exact ties counted against the positive; metrics_float32: "

@@ -145,6 +145,54 @@ def locate(source, inputs, batch_size=2):
         expected, got = _run_all(golden, names, chunk), _run_all(simulated, names, chunk)
         for node in nodes:
             node.update(expected[node.output], got[node.output])
+    return mark_jumps(nodes)
+
+
+def locate_dump(source, batches, dump_folder):
+    """Per-node error of an NPU's operator dump against the fp32 graph: ``batches`` are the inputs of
+    the dumped executions, in order (the k-th dump of each op is the k-th batch's). Only nodes whose
+    output the dump holds are compared (atc fuses others away). Returns (NodeErrors, notes)."""
+    from .export import float_outputs
+    from .npu_dump import dump_files, outputs_by_node, read_dump_file
+
+    model, floats = onnx_load(source), float_outputs(source)
+    records = [read_dump_file(path) for path in tqdm(dump_files(dump_folder), desc="read dump", unit="file")]
+    dumped, unmatched = outputs_by_node(records, model.graph)
+    traced = traced_nodes(model.graph, floats)
+    nodes = [node for node in traced if node.output in dumped]
+    if not nodes:
+        raise KitError(f"{dump_folder}: no dumped op names a node of {source} (first dumped: "
+                       f"{records[0].op_name!r}); dump the OM compiled from this ONNX graph")
+    executions = min(len(dumped[node.output]) for node in nodes)
+    if executions < len(batches):
+        raise KitError(f"{dump_folder}: {executions} dumped executions for {len(batches)} input batches; give the "
+                       "inputs of the dumped run only")
+    names = [node.output for node in nodes]
+    golden = _session(_exposing(model, names))
+    mismatched = set()
+    for k, batch in enumerate(batches):
+        expected = _run_all(golden, names, np.ascontiguousarray(batch))
+        for node in nodes:
+            got = dumped[node.output][k].array()
+            if got.size != expected[node.output].size:
+                mismatched.add(node.name)
+                continue
+            node.update(expected[node.output], got.reshape(expected[node.output].shape))
+    nodes = [node for node in nodes if node.name not in mismatched]
+    notes = [f"{len(nodes)} of {len(traced)} float nodes compared with the dump of {len(batches)} execution(s)"
+             + ("; the rest were fused or renamed by atc" if len(nodes) < len(traced) else "")]
+    if unmatched:
+        notes.append(f"{len(unmatched)} dumped ops name no ONNX node (e.g. `{unmatched[0]}`)")
+    if executions > len(batches):
+        notes.append(f"the dump holds {executions} executions; the first {len(batches)} were compared")
+    if mismatched:
+        notes.append(f"{len(mismatched)} nodes skipped: the dumped tensor's size differs from the graph's (e.g. "
+                     f"`{sorted(mismatched)[0]}`)")
+    return mark_jumps(nodes), notes
+
+
+def mark_jumps(nodes):
+    """Each node's ``introduced`` error (over its inputs' worst) and its ``jump``; returns ``nodes``."""
     producers = {node.output: node for node in nodes}
     for node in nodes:
         upstream = max((producers[name].max_rel for name in node.inputs if name in producers), default=0.0)
@@ -306,16 +354,18 @@ def node_rows(nodes):
              f"{node.min_cosine:.6f}", int(node.overflow), f"{node.introduced:.3g}", int(node.jump)] for node in nodes]
 
 
-def write_locate_report(nodes, out_dir, tower, samples):
+def write_locate_report(nodes, out_dir, tower, samples, against="fp16 simulation", notes=()):
     """``node_errors_{tower}.csv`` (every node), ``.md`` (the first jump and the worst scopes) and
-    ``.png`` (relative error against depth); returns the Markdown text."""
+    ``.png`` (relative error against depth); ``against`` names what was compared with fp32 (the
+    simulation, or an NPU dump); returns the Markdown text."""
     from .tables import markdown_table, write_csv
 
     stem = Path(out_dir) / f"node_errors_{tower}"
     write_csv(stem.with_suffix(".csv"), NODE_COLUMNS, node_rows(nodes))
     jump = first_jump(nodes)
     scopes = sorted(scope_summary(nodes), key=lambda entry: (-entry["introduced"], entry["first_depth"]))
-    lines = [f"# fp16 simulation against fp32: {tower} tower, {len(nodes)} nodes, {samples} samples", ""]
+    lines = [f"# {against} against fp32: {tower} tower, {len(nodes)} nodes, {samples} samples", ""]
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     if jump is None:
         lines += ["No node's error jumps: fp16 storage costs every node about the same small relative error.", ""]
     else:
@@ -329,11 +379,11 @@ def write_locate_report(nodes, out_dir, tower, samples):
                               "worst node"], rows), "", f"Every node: `{stem.name}.csv`; plot: `{stem.name}.png`."]
     text = "\n".join(lines) + "\n"
     write_text(stem.with_suffix(".md"), text)
-    plot_errors(nodes, stem.with_suffix(".png"), tower)
+    plot_errors(nodes, stem.with_suffix(".png"), f"{tower} tower: {against} against fp32")
     return text
 
 
-def plot_errors(nodes, path, tower):
+def plot_errors(nodes, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -352,7 +402,7 @@ def plot_errors(nodes, path, tower):
         axis.axvline(jump.depth, color="orange", linestyle="--", label=f"first jump: {jump.scope}")
     axis.set_xlabel("node (graph order)")
     axis.set_ylabel("relative error vs fp32")
-    axis.set_title(f"{tower} tower: fp16 simulation against fp32")
+    axis.set_title(title)
     axis.grid(True, alpha=0.3)
     axis.legend()
     with atomic_path(path) as tmp:
@@ -409,6 +459,44 @@ def run_locate(job, samples):
     text = write_locate_report(nodes, job.out_dir, job.tower, min(samples, len(job.inputs)))
     print(text)
     return nodes
+
+
+def run_locate_dump(job, batches, dump_folder, what):
+    """locate against an operator dump already written (``batches``: the inputs of its executions)."""
+    nodes, notes = locate_dump(job.source, batches, dump_folder)
+    text = write_locate_report(nodes, job.out_dir, job.tower, sum(len(b) for b in batches), against=what, notes=notes)
+    print(text)
+    return nodes
+
+
+def run_locate_on_npu(job, om, samples, device=0):
+    """The OM run on the first ``samples`` inputs (whole batches of its size, the last padded with its
+    first sample as ais_bench pads) with the operator dump on — ais_bench ``--dump 1``'s acl.json in
+    a fresh folder under OUTPUT_DIR/npu_dump, each batch kept there as ``inputs/{k}.npy`` for a later
+    ``--npu-dump`` — then its dump against fp32."""
+    import time
+
+    from .backends import AscendSession
+    from .files import save_npy
+    from .npu_dump import write_acl_json
+
+    folder = job.out_dir / "npu_dump" / f"{job.tower}-{time.strftime('%Y%m%d-%H%M%S')}"
+    acl_json = write_acl_json(folder / "acl.json", folder / "dump", Path(om).name.split(".")[0])
+    session = AscendSession(om, device, acl_json_path=acl_json)
+    try:
+        size = session.input_shape[0]
+        inputs = job.inputs[:max(samples, 1)]
+        batches = []
+        for start in range(0, len(inputs), size):
+            batch = inputs[start:start + size]
+            batch = np.concatenate([batch] + [batch[:1]] * (size - len(batch)))
+            session.run(batch)
+            save_npy(folder / "inputs" / f"{len(batches)}.npy", batch)
+            batches.append(batch)
+    finally:
+        session.close()
+    print(f"operator dump of {len(batches)} execution(s) and their inputs: {folder}")
+    return run_locate_dump(job, batches, folder / "dump", f"NPU dump of {Path(om).name}")
 
 
 def run_search(job, samples, recall_bound, min_cosine, soc_version=""):

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from .files import read_json, write_text
 from .postprocess import failed_checks
+from .published import published_accuracy, published_throughput
 from .runner import NOISY_CV, NOISY_TAIL
-from .tables import comparison_table, markdown_table, noisy_cells, recall_table, throughput_table, tie_footnotes
+from .tables import (comparison_table, markdown_table, noisy_cells, recall_table, throughput_table, tie_footnotes,
+                     zeroshot_table)
 
 PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
             "aclruntime")
-PUBLISHED_910B4 = {1: (181, 407), 4: (251, 1031), 8: (285, 1944), 16: (306, 2999), 32: (319, 4139), 64: (326, 4502)}
+PUBLISHED_KEYS = {"retrieval": ("image_retrieval_recall@5", "text_retrieval_recall@5"),
+                  "zeroshot": ("acc1", "acc5", "mean_per_class_recall")}
 
 
 def machine():
@@ -49,9 +52,59 @@ def versions():
     return found
 
 
-def _published_table():
-    rows = [[batch, vision, text] for batch, (vision, text) in PUBLISHED_910B4.items()]
-    return markdown_table(["BatchSize", "vision fps", "text fps"], rows)
+def _dataset(results, task):
+    """The data set step 1 prepared for ``task`` (retrieval before tasks were recorded: flickr30k)."""
+    recorded = ((results.get("preprocess") or {}).get(task) or {}).get("dataset")
+    return recorded or ("flickr30k" if task == "retrieval" else "classification")
+
+
+def _published_sections(results, run_dir):
+    """Per task run: the figures published for this model on its data set beside this run's PyTorch and
+    backends (at the smallest batch size), and the published throughput. Returns (lines, published)."""
+    model, pretrained = results.get("model_name"), results.get("pretrained")
+    runs = {"retrieval": run_dir / "accuracy.json", "zeroshot": run_dir / "zeroshot.json"}
+    lines, found = [], []
+    for task, path in runs.items():
+        dataset = _dataset(results, task)
+        entries = published_accuracy(model, pretrained, task, dataset) if path.is_file() else []
+        if not entries:
+            continue
+        measured = {}
+        for entry in read_json(path):  # the first (smallest) batch size of each backend
+            measured.setdefault(entry["backend"], entry["metrics"])
+        keys = [key for key in PUBLISHED_KEYS[task] if any(key in e["metrics"] for e in entries)]
+        headers = ["figure"] + [f"published: {e['source']}" for e in entries] + [f"{b}, this run" for b in measured]
+        rows = [[key] + [f"{e['metrics'][key]:.4f}" if key in e["metrics"] else "" for e in entries]
+                + [f"{m[key]:.4f}" for m in measured.values()] for key in keys]
+        lines += [f"### {task} on {dataset}: published figures (not measured here) beside this run", "",
+                  markdown_table(headers, rows), "",
+                  f"Published for {model} `{entries[0]['pretrained']}`"
+                  + ("" if pretrained == entries[0]["pretrained"] else f"; this run's weights: `{pretrained}`")
+                  + ". This run's columns: each backend at its smallest batch size.", ""]
+        found += [{"task": task, "dataset": dataset, **entry} for entry in entries]
+    for entry in published_throughput(model, pretrained):
+        lines += [f"### Pure-inference fps published: {entry['source']} (not measured here)", "",
+                  markdown_table(["BatchSize", "vision fps", "text fps"],
+                                 [[batch, vision, text] for batch, (vision, text) in entry["fps"].items()]), ""]
+        found.append({"task": "throughput", **entry})
+    if lines:
+        lines = ["## Published figures", ""] + lines
+    return lines, found
+
+
+def _zeroshot_section(accuracy, dataset):
+    failed = failed_checks(accuracy)
+    lines = [f"## Zero-shot classification ({dataset}; CLIP_benchmark's acc1, acc5, mean per-class recall)", ""]
+    if failed:
+        lines += [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed model); "
+                  "their figures below mean nothing.", ""]
+    lines += [markdown_table(*zeroshot_table(accuracy)), ""]
+    lines += [f"† {r['backend']} bs{r['batch_size']}: {r['tied_images']} images tie their true class with another, "
+              "counted as misses" for r in accuracy if r.get("tied_images")]
+    first = accuracy[0]
+    return lines + [f"{first['images']} images, {first['classes']} classes, {first['templates']} prompt "
+                           "templates per class; min cos compares each embedding with PyTorch's. One "
+                           "CLIP_benchmark result file per row in `zeroshot/`.", ""]
 
 
 def _precision_search_section(searched):
@@ -71,6 +124,7 @@ def _precision_search_section(searched):
 
 
 def write_report(run_dir):
+    """``report.md`` from what the steps left in ``run_dir``; returns (path, the published figures shown)."""
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
     sections = [f"# {results.get('model_name', 'model')} — accuracy and speed report", ""]
@@ -84,7 +138,8 @@ def write_report(run_dir):
         if failed:
             sections += [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed "
                          "model); their recall below means nothing.", ""]
-        sections += ["## Accuracy (flickr30k-style retrieval, CLIP_benchmark's recall@k)", "",
+        dataset = _dataset(results, "retrieval")
+        sections += [f"## Accuracy ({dataset} retrieval, CLIP_benchmark's recall@k)", "",
                      markdown_table(*recall_table(accuracy)), ""]
         footnotes = tie_footnotes(accuracy)
         if footnotes:
@@ -98,6 +153,18 @@ def write_report(run_dir):
                              "every intermediate result rounded to fp16, run on the CPU — what an fp16 OM's accuracy "
                              "is likely to be before an NPU is at hand."]
             sections += [""]
+    if (run_dir / "aipp_estimate.json").is_file():
+        cost = read_json(run_dir / "aipp_estimate.json")
+        rows = [[path, f"{cost[path]['image_retrieval_recall@5']:.4f}", f"{cost[path]['text_retrieval_recall@5']:.4f}"]
+                for path in ("float", "aipp")]
+        sections += ["## AIPP estimate (CPU emulation: uint8 input, normalisation in fp16 on the chip)", "",
+                     markdown_table(["vision input", "image R@5", "text R@5"], rows), "",
+                     f"Vision embeddings against the float path: min cosine "
+                     f"{cost['vision_agreement']['min_cosine']:.6f}, max abs diff "
+                     f"{cost['vision_agreement']['max_abs_diff']:.2e} over {cost['images']} images; the graph runs "
+                     "fp32 in both, so this is AIPP's cost alone. An estimate, not a measurement.", ""]
+    if (run_dir / "zeroshot.json").is_file():
+        sections += _zeroshot_section(read_json(run_dir / "zeroshot.json"), _dataset(results, "zeroshot"))
     searched = (read_json(run_dir / "export.json").get("precision_search")
                 if (run_dir / "export.json").is_file() else None)
     if searched:
@@ -136,29 +203,35 @@ def write_report(run_dir):
                          markdown_table(["backend", "batch size", "tower", "device", "fps"], device_rows), ""]
         if (run_dir / "throughput.png").is_file():
             sections += ["![throughput against batch size](throughput.png)", ""]
+        if performance.get("profile"):
+            from .npu_profile import profile_section
+
+            sections += profile_section(performance["profile"], performance.get("peak_tflops"))
+        if performance.get("variants"):
+            from .sweep import sweep_section
+
+            sections += sweep_section(performance["variants"])
     infer = results.get("infer") or {}
     if infer:
-        rows = [[backend, batch, tower, f"{v['compute_fps']:.1f}", f"{v['e2e_fps']:.1f}",
+        rows = [[task, backend, batch, tower, f"{v['compute_fps']:.1f}", f"{v['e2e_fps']:.1f}",
                  f"{v['tokens_per_sample']:.1f}" if "tokens_per_sample" in v else ""]
-                for backend, by_batch in infer.items() for batch, towers in by_batch.items()
-                for tower, v in towers.items()]
+                for task, by_backend in infer.items() for backend, by_batch in by_backend.items()
+                for batch, towers in by_batch.items() for tower, v in towers.items()]
         sections += ["### End to end over the data set (reading inputs and writing outputs included)", "",
-                     markdown_table(["backend", "batch size", "tower", "compute fps", "end-to-end fps",
-                                     "text tokens / caption"], rows), ""]
+                     markdown_table(["task", "backend", "batch size", "tower", "compute fps", "end-to-end fps",
+                                     "text tokens / input"], rows), ""]
         if any(row[-1] for row in rows):
-            sections += ["Text tokens / caption: where shown, captions were sorted by length and each batch ran only "
-                         "as far as its longest caption (exact: the embedding depends only on the tokens up to the "
-                         "EOT); elsewhere every caption ran at the full context. The pure-inference tables above "
-                         "run the full context.", ""]
+            sections += ["Text tokens / input: where shown, captions or prompts were sorted by length and each batch "
+                         "ran only as far as its longest (exact: the embedding depends only on the tokens up to the "
+                         "EOT); elsewhere every one ran at the full context. The pure-inference tables above run the "
+                         "full context.", ""]
     seconds = results.get("seconds") or {}
     if seconds:
         sections += ["## Time per step (seconds, this run)", "",
                      markdown_table(["step", "seconds"], [[step, f"{value:.1f}"] for step, value in seconds.items()]
                                     + [["total", f"{sum(seconds.values()):.1f}"]]), ""]
-    sections += ["## Published reference (not measured here)", "",
-                 "Ascend ModelZoo OpenCLIP ViT-B-32 laion2b_s34b_b79k on 910B4 (CANN 7.0.RC1): recall@5 "
-                 "0.8841 image / 0.9620 text (PyTorch 0.8830 / 0.9630), pure-inference fps:", "",
-                 _published_table(), ""]
+    published_lines, published = _published_sections(results, run_dir)
+    sections += published_lines
     machine_info = machine()
     sections += ["## Machine and software", "",
                  markdown_table(["item", "value"], [[k, v] for k, v in {**machine_info, **versions()}.items()]), ""]
@@ -170,4 +243,4 @@ def write_report(run_dir):
         sections += ["```", ""]
     path = run_dir / "report.md"
     write_text(path, "\n".join(sections))
-    return path
+    return path, published

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from .dataset import ANNOTATION_FILE
-from .files import atomic_path
+from .files import atomic_path, write_text
 
 COLORS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 225), "yellow": (240, 215, 40),
@@ -38,6 +38,9 @@ TEMPLATES = (
     'the {background} picture shows a "{size}" {color} {shape}',
     "{color} {shape} &amp; {background} backdrop, {position}",
 )
+
+CLASSIFICATION_TEMPLATES = ("a {c} shape.", "{c} shape on a background", "a {c} thing")
+CLASSIFICATION_TEMPLATES_FILE = "templates.txt"
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,11 @@ def write_sample_dir(out_dir, count=100, seed=1234, first_id=1000, flickr_like=F
 
 def write_classification_dir(out_dir, count=80, seed=4321):
     """An image-folder classification set from the same scenes: ``ROOT/<colour>/<id>.jpg``, the
-    shape's colour as the class (8 classes)."""
+    shape's colour as the class (8 classes), with its prompt templates in ``ROOT/templates.txt``
+    (phrased as the sample's captions are; a file, so not a class)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / CLASSIFICATION_TEMPLATES_FILE, "\n".join(CLASSIFICATION_TEMPLATES) + "\n")
     for offset, scene in enumerate(random_scenes(count, seed)):
         folder = out_dir / scene.color
         folder.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,22 @@ def comparison_table(accuracy, reference="torch"):
     return headers, rows
 
 
+def zeroshot_table(accuracy):
+    """acc1, acc5 and mean per-class recall per backend and batch size; † where an image's true class tied
+    another (counted as a miss), agreement with PyTorch and step 5's verdict on the embeddings."""
+    headers = ["backend", "batch size", "acc1", "acc5", "mean per-class recall", "vision min cos", "text min cos",
+               "check"]
+    rows = []
+    for r in accuracy:
+        tie = "†" if r.get("tied_images") else ""
+        agreement = r.get("agreement", {})
+        rows.append([r["backend"], r["batch_size"]] + [f"{r['metrics'][key]:.4f}{tie}" for key in
+                                                         ("acc1", "acc5", "mean_per_class_recall")]
+                    + [f"{agreement[t]['min_cosine']:.6f}" if t in agreement else "" for t in ("vision", "text")]
+                    + ["**FAILED**: degenerate embeddings" if r.get("check") == "failed" else "passed"])
+    return headers, rows
+
+
 def _fmt(value):
     return "" if value is None else f"{value:.4f}"
 

@@ -169,13 +169,14 @@ def example_inputs(model, tower, batch, seed=0, max_tokens=None):
     return tokens
 
 
-def attend(attention, query, context, attn_mask=None, static=True):
+def attend(attention, query, context, attn_mask=None, static=True, linear=F.linear):
     """nn.MultiheadAttention (batch-first, packed in-projection) of ``query`` [B, Lq, D] over
     ``context`` [B, L, D], as separate q/k/v projections and 4-D MatMul/Softmax: no 5-D transposes
     for atc, fewer copies for ONNX Runtime (≈ 5 % faster on ViT-B-32), the same result within float
     rounding (the export parity check guards it). ``attn_mask`` broadcasts against [B, heads, Lq, L].
     ``static``: the sequence lengths are fixed by the model; as Python ints (and -1 for the batch) they
-    become constant Reshape targets instead of Shape/Gather/Concat chains in the graph."""
+    become constant Reshape targets instead of Shape/Gather/Concat chains in the graph. ``linear``: how
+    the projections multiply (the NPU graph's 2-D products)."""
     queries, length, width = query.shape[1], context.shape[1], int(context.shape[2])
     if static:
         queries, length = int(queries), int(length)
@@ -183,14 +184,14 @@ def attend(attention, query, context, attn_mask=None, static=True):
     head_width = width // heads
     w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
     b_q, b_k, b_v = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
-    q = F.linear(query, w_q, b_q).reshape(-1, queries, heads, head_width).transpose(1, 2)
-    k = F.linear(context, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
-    v = F.linear(context, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
+    q = linear(query, w_q, b_q).reshape(-1, queries, heads, head_width).transpose(1, 2)
+    k = linear(context, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
+    v = linear(context, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
     scores = (q @ k) * (head_width ** -0.5)
     if attn_mask is not None:
         scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
     out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, queries, width)
-    return attention.out_proj(out)
+    return linear(out, attention.out_proj.weight, attention.out_proj.bias)
 
 
 def plain_self_attention(module):

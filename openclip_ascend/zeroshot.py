@@ -124,15 +124,39 @@ def result_record(dataset, model_name, pretrained, metrics, **extra):
             "metrics": metrics, "language": "en", **extra}
 
 
-def write_prepared(out_dir, data, model_name, pretrained=None, workers=None):
+def accuracy_line(record):
+    """``zero-shot cifar10: acc1 …, acc5 …, mean per-class recall …`` with what the figures rest on."""
+    metrics, tied = record["metrics"], record["tied_images"]
+    line = (f"zero-shot {record['dataset']}: acc1 {metrics['acc1']:.4f}, acc5 {metrics['acc5']:.4f}, mean per-class "
+            f"recall {metrics['mean_per_class_recall']:.4f} ({record['images']} images, {record['classes']} classes, "
+            f"{record['backend']} bs{record['batch_size']})")
+    if tied:
+        line += f"; {tied} images tie their true class with another (counted as misses)"
+    return line
+
+
+def report_accuracy(record):
+    """The accuracy line on stdout and, for degenerate embeddings, step 5's warning on stderr."""
+    import sys
+
+    from .postprocess import degenerate_warning
+
+    print(accuracy_line(record))
+    warning = degenerate_warning(record["problems"], f"{record['backend']} bs{record['batch_size']}")
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def write_prepared(out_dir, data, dataset, model_name, pretrained=None, workers=None):
     """Step 1 for classification: ``images/{label}_{stem}.npy`` as step 1 makes them, ``prompts/{c}_{t}.npy``
-    token rows, ``zeroshot.json`` (classes, templates, each image's stem and label)."""
+    token rows, ``zeroshot.json`` (data set, model, classes, templates, each image's stem and label).
+    Returns the record's counts."""
     from .dataset import image_stem
-    from .models import model_skeleton, preprocess_config
+    from .models import default_pretrained, model_skeleton, preprocess_config
     from .preprocess import convert_images, default_workers
     from .transforms import Tokenizer
 
-    out_dir = Path(out_dir)
+    out_dir, pretrained = Path(out_dir), default_pretrained(model_name, pretrained)
     config = preprocess_config(model_skeleton(model_name), model_name, pretrained)
     stems = [f"{label}_{image_stem(path.name)}" for path, label in zip(data.files, data.labels)]
     if len(set(stems)) != len(stems):
@@ -148,17 +172,23 @@ def write_prepared(out_dir, data, model_name, pretrained=None, workers=None):
     per_class = len(data.templates)
     for index, row in enumerate(tokens):
         save_npy(out_dir / "prompts" / f"{index // per_class}_{index % per_class}.npy", row[None])
-    write_json(out_dir / "zeroshot.json", {"classnames": data.classnames, "templates": data.templates,
-                                           "images": [{"stem": s, "label": int(lbl)} for s, lbl in zip(stems, data.labels)]})
-    return out_dir
+    write_json(out_dir / "zeroshot.json", {
+        "dataset": str(dataset), "model": model_name, "pretrained": pretrained, "classnames": data.classnames,
+        "templates": data.templates, "images": [{"stem": s, "label": int(lbl)} for s, lbl in zip(stems, data.labels)]})
+    return {"dataset": str(dataset), "images": len(stems), "classes": len(data.classnames), "prompts": len(tokens)}
 
 
-def evaluate_prepared(prep_dir, vision_dir, text_dir):
-    """Metrics from step 4's two output folders over the prepared set."""
+def evaluate_prepared(prep_dir, vision_dir, text_dir, backend=None, batch_size=None, read=None):
+    """Step 5 for classification, from step 4's two output folders over the prepared set: CLIP_benchmark's
+    result record (its metrics), plus the images whose true class ties another and the degeneracy check
+    step 5 applies to retrieval (a collapsed model's identical embeddings). ``read``: a cached
+    ``read_embedding_dir``."""
+    from .metrics import degeneracy
     from .postprocess import read_embedding_dir
 
+    read = read or read_embedding_dir
     meta = read_json(Path(prep_dir) / "zeroshot.json")
-    images, texts = read_embedding_dir(vision_dir), read_embedding_dir(text_dir)
+    images, texts = read(vision_dir), read(text_dir)
     classes, per_class = len(meta["classnames"]), len(meta["templates"])
     try:
         text = np.stack([texts[f"{c}_{t}"] for c in range(classes) for t in range(per_class)])
@@ -166,7 +196,15 @@ def evaluate_prepared(prep_dir, vision_dir, text_dir):
     except KeyError as exc:
         raise KitError(f"no embedding for {exc.args[0]} in {vision_dir} / {text_dir}; run both towers over "
                        f"{prep_dir}/images and {prep_dir}/prompts") from exc
-    return classify(image, classifier(text, classes, per_class), [entry["label"] for entry in meta["images"]])
+    if not (np.isfinite(image).all() and np.isfinite(text).all()):
+        raise KitError(f"{vision_dir} / {text_dir}: embeddings hold NaN or Inf; no accuracy is computed from them — "
+                       "check the model's precision (e.g. fp16 overflow) and re-run inference")
+    weights = classifier(text, classes, per_class)
+    metrics, tied = classify(image, weights, [entry["label"] for entry in meta["images"]])
+    problems = degeneracy(image, weights, image @ weights.T)
+    return result_record(meta["dataset"], meta["model"], meta["pretrained"], metrics, backend=backend,
+                         batch_size=batch_size, images=len(image), classes=classes, templates=per_class,
+                         tied_images=tied, check="failed" if problems else "passed", problems=problems)
 
 
 def _sessions(backend, model_name, pretrained, out_dir, batch_size, onnx_prefix=None, om_prefix=None, device=0):
@@ -209,19 +247,14 @@ def run_zeroshot(data, dataset, model_name, pretrained, backend, out_dir, result
 
     pretrained = default_pretrained(model_name, pretrained)
     out_dir = Path(out_dir)
-    prep = write_prepared(out_dir / "prep", data, model_name, pretrained, workers)
+    prep = out_dir / "prep"
+    write_prepared(prep, data, dataset, model_name, pretrained, workers)
     sessions = _sessions(backend, model_name, pretrained, out_dir, batch_size, onnx_prefix, om_prefix, device)
     infer_dir = out_dir / "infer" / f"{backend}_bs{batch_size}"
     for tower, folder in (("vision", "images"), ("text", "prompts")):
         infer_opened(sessions[tower], input=str(prep / folder), output=str(infer_dir), output_dirname=tower,
                      outfmt="NPY", batchsize=batch_size)
-    metrics, tied = evaluate_prepared(prep, infer_dir / "vision", infer_dir / "text")
-    record = result_record(str(dataset), model_name, pretrained, metrics, backend=backend, batch_size=batch_size,
-                           images=len(data.files), classes=len(data.classnames), templates=len(data.templates),
-                           tied_images=tied)
+    record = evaluate_prepared(prep, infer_dir / "vision", infer_dir / "text", backend, batch_size)
     write_json(results_file, record)
-    print(f"zero-shot {dataset}: acc1 {metrics['acc1']:.4f}, acc5 {metrics['acc5']:.4f}, mean per-class recall "
-          f"{metrics['mean_per_class_recall']:.4f} ({len(data.files)} images, {len(data.classnames)} classes, "
-          f"{backend} bs{batch_size})" + (f"; {tied} images tie their true class with another (counted as misses)"
-                                         if tied else ""))
+    report_accuracy(record)
     return record

@@ -1,6 +1,11 @@
 # Shared by the numbered steps: one configuration, from the environment.
 #   OUT          run folder                       (default outputs/demo)
 #   DATA_DIR     flickr30k folder                 (default: generate the bundled sample set)
+#   TASK         retrieval, zeroshot or retrieval,zeroshot (default retrieval); with zeroshot alone DATA_DIR
+#                is the class folders (ROOT/<class>/*.jpg)
+#   ZEROSHOT_DIR zero-shot class folders with both tasks (default: generate the colour sample)
+#   ZEROSHOT_DATASET built-in class names and templates: imagenet1k, cifar10, cifar100; CLASSNAMES /
+#                TEMPLATES: files instead (one per line; templates with {c})
 #   DATASET      DATA_DIR's layout: flickr30k, or mscoco (CLIP_benchmark's val2014/ + coco_test_karpathy.json)
 #   MODEL_NAME   open_clip model name             (default openclip-ascend-tiny, the bundled model)
 #   PRETRAINED   checkpoint file, cached tag or none (default: the bundled tiny weights; laion2b_s34b_b79k for others)
@@ -21,6 +26,12 @@
 #                compiles with them unless PRECISION is set (default 0)
 #   TEXT_LENGTHS dyn: ONNX Runtime runs each batch of length-sorted captions only as far as its longest
 #                (exact); add token counts, e.g. dyn,32, for length-bucket OMs; full: 77 tokens always (default dyn)
+#   VARIANTS     Ascend: step 6 also sweeps atc preset combinations, e.g. base,npu,npu+hp,npu+hp+smallch,npu+aipp,
+#                and chooses the fastest that keeps PyTorch's accuracy (default: none)
+#   ACCURACY_SUBSET images the sweep judges accuracy on (default 200; 0: all)
+#   PROFILE      1, Ascend: step 6 also runs the largest batch size under msprof (default 0)
+#   PEAK_TFLOPS  the chip's fp16 peak, shown beside the profile's achieved TFLOP/s
+#   AIPP_ESTIMATE 1: step 5 estimates the accuracy cost of uint8 input normalised by AIPP (default 0)
 #   PYTHON       interpreter                      (default python3)
 set -euo pipefail
 STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

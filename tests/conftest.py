@@ -1,7 +1,10 @@
 """Shared fixtures: the bundled tiny model, a small generated sample set, its arrays and ONNX files."""
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 from openclip_ascend.export import export_model
 from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
@@ -57,3 +60,18 @@ def _recall_gap_explained(run_a, run_b, manifest):
 @pytest.fixture(scope="session")
 def recall_gap_explained():
     return _recall_gap_explained
+
+
+@pytest.fixture(scope="session")
+def planted_weights(tiny_model, tmp_path_factory):
+    """The tiny model with vision block 0's ln_2 output scaled by 1e5 and its MLP's first product by
+    1e-5: the same function in fp32, but ln_2's output overflows fp16 (max 65504)."""
+    model = copy.deepcopy(tiny_model)
+    block = model.visual.transformer.resblocks[0]
+    with torch.no_grad():
+        block.ln_2.weight.mul_(1e5)
+        block.ln_2.bias.mul_(1e5)
+        block.mlp.c_fc.weight.mul_(1e-5)
+    path = tmp_path_factory.mktemp("planted") / "planted.pt"
+    torch.save(model.state_dict(), path)
+    return path

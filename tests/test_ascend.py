@@ -440,4 +440,4 @@ def test_busy_npu_readings_are_recorded_and_marked_in_the_report(tmp_path):
     (tmp_path / "performance.json").write_text(json.dumps(
         {"throughput": {"ascend": {"8": {"vision": 285.0}}}, "latency_ms": {}, "loops": 20, "npu_state": readings,
          "npu_warnings": warnings}))
-    assert "**Measured on a busy NPU, figures unreliable**: NPU device 0 is busy" in write_report(tmp_path).read_text()
+    assert "**Measured on a busy NPU, figures unreliable**: NPU device 0 is busy" in write_report(tmp_path)[0].read_text()

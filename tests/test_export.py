@@ -215,3 +215,30 @@ def test_graphs_over_the_protobuf_limit_keep_their_weights_beside_them(tiny_mode
     export.export_tower(tiny_model, "text", onnx_path(prefix, "text"))
     assert not export.external_data_path(onnx_path(prefix, "text")).exists()  # stale weights removed
     assert OnnxRuntimeSession(onnx_path(prefix, "text")).run(example_inputs(tiny_model, "text", 1)).shape == (1, 64)
+
+
+def _npu_graph_checks(model, prefix, padded):
+    """The NPU-shaped graphs equal the standard ones (ONNX Runtime, batch 1 and 3) and carry the padded
+    token axis and 2-D products."""
+    from openclip_ascend.export import export_npu_graphs
+
+    report = export_npu_graphs(model, prefix)
+    assert set(report) == {"vision_npu", "text_npu"}
+    for tower in ("vision", "text"):
+        standard, npu = OnnxRuntimeSession(onnx_path(prefix, tower)), OnnxRuntimeSession(onnx_path(prefix, f"{tower}_npu"))
+        for batch in (1, 3):
+            inputs = example_inputs(model, tower, batch, seed=20 + batch)
+            assert np.abs(standard.run(inputs) - npu.run(inputs)).max() <= 1e-5
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path(prefix, f"{tower}_npu")))).graph
+        dims = {d.dim_value for v in graph.value_info for d in v.type.tensor_type.shape.dim}
+        assert padded[tower] in dims, (tower, sorted(dims))
+        gemm_inputs = [v for v in graph.value_info if any(v.name in node.input[:1] for node in graph.node
+                                                          if node.op_type == "Gemm")]
+        assert gemm_inputs and all(len(v.type.tensor_type.shape.dim) == 2 for v in gemm_inputs)  # 2-D products
+
+
+def test_npu_graph_pads_tokens_to_16_and_keeps_the_embeddings(vit_b_32, tiny_model, tmp_path):
+    model, prefix, _ = vit_b_32
+    _npu_graph_checks(model, prefix, {"vision": 64, "text": 80})  # ViT-B-32: 50 → 64 tokens, text 77 → 80
+    export_model(tiny_model, tmp_path / "tiny")
+    _npu_graph_checks(tiny_model, tmp_path / "tiny", {"vision": 64, "text": 80})

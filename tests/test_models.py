@@ -105,3 +105,14 @@ def test_gpu_backend_joins_the_pipeline_backends(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert backends_of(RunConfig(tmp_path, gpu=True, int8=True)) == [
         "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch"]
+
+
+def test_npu_graph_pads_vit_b_16_tokens_197_to_208(tmp_path):
+    from openclip_ascend.export import export_npu_graphs
+
+    model = shallow("ViT-B-16", layers=2)
+    export_model(model, tmp_path / "m", towers=("vision",))
+    report = export_npu_graphs(model, tmp_path / "m", towers=("vision",))
+    assert max(stats["max_abs_diff"] for stats in report["vision_npu"]["parity"].values()) <= 1e-4
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path(tmp_path / "m", "vision_npu")))).graph
+    assert 208 in {d.dim_value for v in graph.value_info for d in v.type.tensor_type.shape.dim}

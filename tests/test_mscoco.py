@@ -30,7 +30,7 @@ def test_pipeline_runs_unchanged_with_dataset_mscoco(tmp_path):
     config = RunConfig(output_dir=tmp_path / "run", data_dir=data, dataset="mscoco", batch_sizes=(4,),
                        backend="onnxruntime", reference=False, workers=1)
     results = run_steps(config, steps=(1, 2, 4, 5))
-    (entry,) = results["accuracy"]
+    (entry,) = results["accuracy"]["retrieval"]
     assert entry["images"] == 40 and entry["metrics"]["image_retrieval_recall@5"] > 0.5  # chance 0.125
     assert "--dataset mscoco" in results["commands"]["preprocess"][0]
 

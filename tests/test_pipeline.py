@@ -18,14 +18,15 @@ FAKES = ROOT / "tests" / "fakes"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    config = RunConfig(out, batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True,
-                       fp16_estimate=True)
-    return out, run_steps(config)
+    options = dict(batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True, fp16_estimate=True)
+    run_steps(RunConfig(out, **options))
+    # zero-shot on the colour sample into the same folder afterwards: one report, both tasks
+    return out, run_steps(RunConfig(out, tasks=("zeroshot",), **options), (1, 4, 5, 7))
 
 
 def test_demo_recall_floor_and_backend_agreement(demo, recall_gap_explained):
     out, results = demo
-    by_backend = {(r["backend"], r["batch_size"]): r for r in results["accuracy"]}
+    by_backend = {(r["backend"], r["batch_size"]): r for r in results["accuracy"]["retrieval"]}
     assert set(by_backend) == {(b, n) for b in ("torch", "onnxruntime", "onnxruntime-int8", "fp16-estimate")
                                for n in (1, 4)}
     for (backend, batch), entry in by_backend.items():
@@ -49,7 +50,7 @@ def test_demo_recall_floor_and_backend_agreement(demo, recall_gap_explained):
             explained, _ = recall_gap_explained(out / "infer" / f"torch_bs{batch}",
                                                 out / "infer" / f"onnxruntime_bs{batch}", out / "prep" / "manifest.json")
             assert explained, batch
-    assert results["accuracy"][0]["images"] == 100 and results["accuracy"][0]["captions"] == 500
+    assert results["accuracy"]["retrieval"][0]["images"] == 100 and results["accuracy"]["retrieval"][0]["captions"] == 500
 
 
 def test_demo_writes_tables_and_results(demo):
@@ -61,7 +62,7 @@ def test_demo_writes_tables_and_results(demo):
     assert saved["performance"]["throughput"]["onnxruntime"]["4"]["vision"] > 0
     latency = saved["performance"]["latency_ms"]["torch"]["4"]["text"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
-    e2e = saved["infer"]["onnxruntime"]["4"]["vision"]
+    e2e = saved["infer"]["retrieval"]["onnxruntime"]["4"]["vision"]
     assert 0 < e2e["e2e_fps"] < e2e["compute_fps"]  # reading and writing files costs time
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["commands"]["infer"][0].startswith("python openclip_infer.py --model ")
@@ -96,7 +97,7 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, re
         f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "text_len16", "vision") for b in (1, 4)]
     assert "--text-lengths 16" in result.stdout and "_text_len16_bs4.om," in result.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["infer"]["ascend"]["4"]["text"]["tokens_per_sample"] < 77
+    assert results["infer"]["retrieval"]["ascend"]["4"]["text"]["tokens_per_sample"] < 77
     # PRECISION_SEARCH=1: each tower searched on the demo set, step 3 compiled with what it found
     searched = results["export"]["precision_search"]
     assert set(searched) == {"vision", "text"} and all(entry["found"] for entry in searched.values())
@@ -112,14 +113,14 @@ def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, re
 
 def test_accuracy_comparison_and_report(demo):
     out, results = demo
-    agreement = {(r["backend"], r["batch_size"]): r.get("agreement") for r in results["accuracy"]}
+    agreement = {(r["backend"], r["batch_size"]): r.get("agreement") for r in results["accuracy"]["retrieval"]}
     assert agreement[("torch", 1)] is None
     fp32, int8 = agreement[("onnxruntime", 4)], agreement[("onnxruntime-int8", 4)]
     assert fp32["vision"]["max_abs_diff"] <= 1e-4 and fp32["text"]["min_cosine"] > 0.99999
     assert 0.99 < int8["vision"]["min_cosine"] < fp32["vision"]["min_cosine"]  # int8 costs something, visibly
     report = (out / "report.md").read_text()
     for needle in ("## Accuracy", "### Against PyTorch", "| onnxruntime-int8 | 4 |", "![throughput against batch size]",
-                   "## Published reference (not measured here)", "| 64 | 326 | 4502 |", "## Machine and software",
+                   "## Zero-shot classification (colour sample;", "## Machine and software",
                    "| onnxruntime |", "## Commands", "python openclip_infer.py --model"):
         assert needle in report, needle
 
@@ -131,7 +132,7 @@ def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap
     env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/310P3_two_cards.txt"),
            "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
-           "TEXT_LENGTHS": "dyn,16",
+           "TEXT_LENGTHS": "dyn,16", "TASK": "retrieval,zeroshot",
            "DYNAMIC_BATCH": "1", "DEVICES": "0,1", "PRECISION": "mixed", "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -149,11 +150,16 @@ def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap
     assert performance["throughput"]["ascend"]["4"]["vision"] == pytest.approx(sum(devices.values()))
     report = (out / "report.md").read_text()
     assert "### Per device" in report and "--dymBatch 4 --device 0,1" in report
+    # zero-shot prompts through the same OMs (length buckets, gears, two devices)
+    zeroshot = {e["batch_size"]: e for e in json.loads((out / "results.json").read_text())["accuracy"]["zeroshot"]}
+    assert set(zeroshot) == {1, 4} and all(e["backend"] == "ascend" and e["metrics"]["acc1"] >= 0.6
+                                           for e in zeroshot.values())
+    assert "## Zero-shot classification" in report
 
 
 def test_fp16_estimate_rounds_but_stays_close(demo):
     out, results = demo
-    estimate = next(r for r in results["accuracy"] if r["backend"] == "fp16-estimate" and r["batch_size"] == 4)
+    estimate = next(r for r in results["accuracy"]["retrieval"] if r["backend"] == "fp16-estimate" and r["batch_size"] == 4)
     vision = estimate["agreement"]["vision"]
     assert 1e-6 < vision["max_abs_diff"] < 1e-2 and vision["min_cosine"] > 0.999  # rounded, yet close
     assert "fp16-estimate" not in results["performance"]["throughput"]
@@ -171,9 +177,7 @@ def test_accuracy_step_reads_each_embedding_folder_once(demo, monkeypatch):
     config = RunConfig(out, batch_sizes=(1, 4), backend="onnxruntime", int8=True, fp16_estimate=True)
     again = step_accuracy(config)
     assert len(reads) == len(set(reads)) == 4 * 2 * 2  # backends × batch sizes × towers
-    assert [(e["backend"], e["batch_size"]) for e in again] == [(e["backend"], e["batch_size"])
-                                                               for e in results["accuracy"]]
-    assert again == results["accuracy"]
+    assert again["retrieval"] == results["accuracy"]["retrieval"]  # same entries, same order
 
 
 def test_a_collapsed_backend_fails_the_check_everywhere(demo, tmp_path):
@@ -182,22 +186,28 @@ def test_a_collapsed_backend_fails_the_check_everywhere(demo, tmp_path):
 
     out = tmp_path / "run"
     shutil.copytree(demo[0], out)
-    for path in (out / "infer" / "onnxruntime_bs4").rglob("*_0.npy"):
+    for path in [*(out / "infer" / "onnxruntime_bs4").rglob("*_0.npy"),
+                 *(out / "zeroshot" / "infer" / "onnxruntime_bs4" / "vision").rglob("*_0.npy")]:
         np.save(path, np.full((1, 64), 0.125, dtype=np.float32))
     result = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--output-dir", str(out), "--steps",
-                             "5,7", "--batch-sizes", "1,4", "--backend", "onnxruntime", "--int8", "--fp16-estimate"],
-                            capture_output=True, text=True)
+                             "5,7", "--batch-sizes", "1,4", "--backend", "onnxruntime", "--int8", "--fp16-estimate",
+                             "--task", "retrieval,zeroshot"], capture_output=True, text=True)
     assert result.returncode == 1
     assert "WARNING: accuracy check FAILED for onnxruntime bs4: degenerate embeddings" in result.stderr
     assert "accuracy check FAILED for onnxruntime bs4" in result.stderr.splitlines()[-1]
     saved = json.loads((out / "results.json").read_text())
-    checks = {(e["backend"], e["batch_size"]): e["check"] for e in saved["accuracy"]}
+    checks = {(e["backend"], e["batch_size"]): e["check"] for e in saved["accuracy"]["retrieval"]}
     assert checks[("onnxruntime", 4)] == "failed" and checks[("onnxruntime", 1)] == "passed"
-    collapsed = next(e for e in saved["accuracy"] if e["backend"] == "onnxruntime" and e["batch_size"] == 4)
+    collapsed = next(e for e in saved["accuracy"]["retrieval"] if e["backend"] == "onnxruntime" and e["batch_size"] == 4)
     assert collapsed["metrics"]["image_retrieval_recall@5"] == 0.0  # was 1.0 when ties went to the positive
     assert "| onnxruntime | 4 |" in (out / "recall.md").read_text()
     assert "**FAILED**: degenerate embeddings" in (out / "recall.md").read_text()
     assert "**Accuracy check FAILED** for onnxruntime bs4" in (out / "report.md").read_text()
+    # zero-shot: every image the same vector predicts one class for all; said, not hidden
+    assert "onnxruntime bs4 (zeroshot)" in result.stderr.splitlines()[-1]
+    zeroshot = next(e for e in saved["accuracy"]["zeroshot"] if e["backend"] == "onnxruntime" and e["batch_size"] == 4)
+    assert zeroshot["check"] == "failed" and zeroshot["metrics"]["acc1"] <= 0.25
+    assert "| onnxruntime | 4 |" in (out / "zeroshot.md").read_text() and "**FAILED**" in (out / "zeroshot.md").read_text()
 
 
 def test_random_weights_are_recorded_and_shown(tmp_path, capsys):
@@ -209,7 +219,7 @@ def test_random_weights_are_recorded_and_shown(tmp_path, capsys):
     results = run_steps(config, [7])
     assert results["random_weights"] is True
     assert json.loads((tmp_path / "results.json").read_text())["random_weights"] is True
-    assert "**Random weights** (`--pretrained none`)" in write_report(tmp_path).read_text()
+    assert "**Random weights** (`--pretrained none`)" in write_report(tmp_path)[0].read_text()
 
 
 def test_noisy_throughput_is_measured_again_within_the_budget_and_marked_otherwise(tmp_path, monkeypatch):
@@ -236,5 +246,73 @@ def test_noisy_throughput_is_measured_again_within_the_budget_and_marked_otherwi
     assert len(calls) == 1 and noisy["spread"]["onnxruntime"][4]["vision"]["noisy"]
     assert "(noisy)" in (out / "throughput_onnxruntime.md").read_text()
     (out / "results.json").write_text("{}")
-    report = write_report(out).read_text()
+    report = write_report(out)[0].read_text()
     assert "**Noisy figures** (marked `(noisy)`)" in report and "| onnxruntime | 4 | vision |" in report
+
+
+def test_zeroshot_task_joins_the_same_report(demo):
+    """TASK=zeroshot run into the retrieval run's folder: every backend and batch size scored with
+    CLIP_benchmark's metrics, one result file each, the retrieval entries kept, one report."""
+    import shlex
+
+    out, results = demo
+    zeroshot = {(e["backend"], e["batch_size"]): e for e in results["accuracy"]["zeroshot"]}
+    assert set(zeroshot) == {(b, n) for b in ("onnxruntime", "onnxruntime-int8", "fp16-estimate", "torch")
+                             for n in (1, 4)}
+    assert len(results["accuracy"]["retrieval"]) == 8  # the earlier task's entries stayed
+    assert set(results["preprocess"]) == set(results["infer"]) == {"retrieval", "zeroshot"}
+    assert results["preprocess"]["zeroshot"] == {"dataset": "colour sample", "images": 80, "classes": 8, "prompts": 24}
+    ort, torch_ = zeroshot[("onnxruntime", 4)], zeroshot[("torch", 4)]
+    assert all(e["check"] == "passed" for e in zeroshot.values())
+    assert ort["metrics"]["acc1"] >= 0.6 and ort["metrics"]["acc5"] >= ort["metrics"]["acc1"]  # chance: 0.125
+    assert abs(ort["metrics"]["acc1"] - torch_["metrics"]["acc1"]) <= 2 / 80  # near-ties may flip, nothing more
+    assert ort["agreement"]["vision"]["min_cosine"] > 0.99999 and "agreement" not in torch_
+    saved = json.loads((out / "zeroshot" / "results_onnxruntime_bs4.json").read_text())
+    assert saved["task"] == "zeroshot_classification" and saved["metrics"] == ort["metrics"]
+    # the command step 5 recorded reproduces its result file
+    command = next(line for line in results["commands"]["accuracy"] if "results_onnxruntime_bs4.json" in line)
+    argv = shlex.split(command)
+    argv[argv.index("--results-file") + 1] = str(out / "again.json")
+    run = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((out / "again.json").read_text()) == saved
+    report = (out / "report.md").read_text()
+    assert "## Accuracy (flickr30k retrieval" in report and "| onnxruntime-int8 | 4 | 0." in report
+    assert "## Published figures" not in report  # none are published for the tiny model
+    preprocess = results["commands"]["preprocess"]  # both tasks' commands, the earlier run's kept
+    assert [line.split()[1] for line in preprocess] == ["openclip_preprocess.py", "openclip_zeroshot.py"]
+
+
+def _write_run(folder, pretrained, retrieval="mscoco", zeroshot="imagenet1k"):
+    from openclip_ascend.files import write_json
+
+    write_json(folder / "results.json", {"model_name": "ViT-B-32", "pretrained": pretrained, "preprocess": {
+        "retrieval": {"dataset": retrieval}, "zeroshot": {"dataset": zeroshot}}})
+    recall = {"image_retrieval_recall@5": 0.6311, "text_retrieval_recall@5": 0.7702}
+    write_json(folder / "accuracy.json", [{"backend": b, "batch_size": n, "metrics": recall, "check": "passed"}
+                                          for b in ("ascend", "torch") for n in (1, 8)])
+    write_json(folder / "zeroshot.json", [
+        {"backend": b, "batch_size": 1, "metrics": {"acc1": 0.6612, "acc5": 0.8943, "mean_per_class_recall": 0.6611},
+         "images": 50000, "classes": 1000, "templates": 80, "tied_images": 0, "check": "passed"}
+        for b in ("ascend", "torch")])
+
+
+def test_published_figures_sit_beside_the_run_for_the_published_model(tmp_path):
+    from openclip_ascend.report import write_report
+
+    _write_run(tmp_path, "laion2b_s34b_b79k")
+    path, published = write_report(tmp_path)
+    report = path.read_text()
+    assert sorted((e["task"], e.get("dataset")) for e in published) == [
+        ("retrieval", "mscoco"), ("throughput", None), ("zeroshot", "imagenet1k")]
+    assert "### retrieval on mscoco: published figures (not measured here) beside this run" in report
+    assert "| image_retrieval_recall@5 | 0.6542 | 0.6311 | 0.6311 |" in report
+    assert "| acc1 | 0.6650 | 0.6612 | 0.6612 |" in report and "| 64 | 326 | 4502 |" in report
+    assert "0.8841" not in report  # flickr30k's figures are not MSCOCO's
+    _write_run(tmp_path, "laion2b_s34b_b79k", retrieval="flickr30k", zeroshot="cifar10")
+    report = write_report(tmp_path)[0].read_text()
+    assert "| image_retrieval_recall@5 | 0.8841 | 0.8830 | 0.6311 | 0.6311 |" in report and "| acc1 | 0.6650" not in report
+    for other in ("openai", "none"):  # another checkpoint, random weights: nothing published applies
+        _write_run(tmp_path, other)
+        path, published = write_report(tmp_path)
+        assert published == [] and "## Published figures" not in path.read_text()

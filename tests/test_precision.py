@@ -1,7 +1,6 @@
 """Where fp16 breaks and the smallest fp32 keep set: a planted overflow is located and repaired, a
 healthy model is left alone, and the keep file goes to atc as PRECISION=keep:FILE."""
 
-import copy
 import csv
 import json
 import subprocess
@@ -9,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from openclip_ascend.atc import plan_jobs
 from openclip_ascend.files import KitError
@@ -18,21 +16,6 @@ from openclip_ascend.precision import export_for_precision, prepare, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = "resblocks.0"  # scopes read transformer/resblocks.0/… (or resblocks.0/… where the pooled rewrite runs the blocks)
-
-
-@pytest.fixture(scope="module")
-def planted_weights(tiny_model, tmp_path_factory):
-    """The tiny model with vision block 0's ln_2 output scaled by 1e5 and its MLP's first product by
-    1e-5: the same function in fp32, but ln_2's output overflows fp16 (max 65504)."""
-    model = copy.deepcopy(tiny_model)
-    block = model.visual.transformer.resblocks[0]
-    with torch.no_grad():
-        block.ln_2.weight.mul_(1e5)
-        block.ln_2.bias.mul_(1e5)
-        block.mlp.c_fc.weight.mul_(1e-5)
-    path = tmp_path_factory.mktemp("planted") / "planted.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def precision_cli(*args):

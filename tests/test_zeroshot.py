@@ -2,6 +2,7 @@
 generated colour set through ONNX Runtime and the stand-in OM path, CLIP_benchmark's result file."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +13,17 @@ import torch
 
 from openclip_ascend.files import KitError
 from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
-from openclip_ascend.sample import COLORS, write_classification_dir
+from openclip_ascend.sample import CLASSIFICATION_TEMPLATES, CLASSIFICATION_TEMPLATES_FILE, COLORS, write_classification_dir
 from openclip_ascend.zeroshot import builtin, classifier, classify, load_set, prompts, run_zeroshot
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ["a {c} shape.", "{c} shape on a background", "a {c} thing"]
+TEMPLATES = list(CLASSIFICATION_TEMPLATES)
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
     root = write_classification_dir(tmp_path_factory.mktemp("colours") / "data", count=80)
-    templates = root.parent / "templates.txt"
-    templates.write_text("\n".join(TEMPLATES) + "\n")
-    return root, templates
+    return root, root / CLASSIFICATION_TEMPLATES_FILE
 
 
 def test_metrics_and_classifier_equal_clip_benchmark(tiny_model, colours):
@@ -113,3 +112,18 @@ def test_builtin_sets_and_bad_input(colours, tmp_path):
         load_set(root, templates_file=bad)
     with pytest.raises(KitError, match="no class folders with images"):
         load_set(tmp_path)
+
+
+def test_pipeline_task_zeroshot_takes_data_dir_as_the_classes(colours, tmp_path):
+    """TASK=zeroshot DATA_DIR=ROOT: the pipeline's steps on a class-folder set, ROOT named as the data set."""
+    root, templates = colours
+    env = {**os.environ, "TASK": "zeroshot", "DATA_DIR": str(root), "TEMPLATES": str(templates)}
+    result = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--output-dir", str(tmp_path / "run"),
+                             "--steps", "1,2,4,5", "--batch-sizes", "4", "--backend", "onnxruntime", "--no-reference",
+                             "--workers", "1"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["preprocess"]) == {"zeroshot"} and results["preprocess"]["zeroshot"]["dataset"] == str(root)
+    (entry,) = results["accuracy"]["zeroshot"]
+    assert entry["backend"] == "onnxruntime" and entry["metrics"]["acc1"] >= 0.6 and entry["templates"] == 3
+    assert "--templates" in results["commands"]["preprocess"][0] and not (tmp_path / "run" / "prep").exists()

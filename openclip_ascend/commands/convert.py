@@ -5,6 +5,7 @@ the chip `npu-smi info` reports (or --soc-version).
         [--batch-sizes 1,4,8,16,32,64] [--soc-version Ascend910B4] [--precision-mode MODE]
         [--dynamic-batch] [--output-dir models] [--jobs N] [--force] [--dry-run]
         [--atc-args='--op_select_implmode=high_performance'] [--tag hp] [--text-lengths 32]
+    python convert/onnx2om.py --onnx-prefix models/vit_b_32 --variant npu+hp   # a named preset (atc_presets)
 
 Writes {output}/{prefix}_{tower}_bs{N}[_{tag}].om (atc may add _linux_<arch>), each with its atc log
 (.atc.log) beside it; an OM newer than its ONNX and built by the same command is skipped unless
@@ -37,12 +38,18 @@ def main(argv=None, prog=None):
     parser.add_argument("--output-dir", help="folder for the OMs (default: beside the ONNX files)")
     parser.add_argument("--atc-args", default="", help="extra atc flags as one string: --atc-args='--flag=value --flag2=value'")
     parser.add_argument("--tag", default="", help="name of this flag variant, appended to the OM names")
+    parser.add_argument("--variant", help="a named preset combination instead of --atc-args/--tag: base, npu (the "
+                                          "--npu-graph ONNX), hp, smallch, nofuseattn, aipp, joined by + (e.g. "
+                                          "npu+hp)")
+    parser.add_argument("--aipp-config", help="for --variant …aipp: the AIPP config openclip_preprocess.py --uint8 "
+                                              "wrote (PREP/aipp.cfg)")
     parser.add_argument("--jobs", type=int, default=1, help="atc processes at once")
     parser.add_argument("--force", action="store_true", help="rebuild OMs that are up to date")
     parser.add_argument("--dry-run", action="store_true", help="print the atc commands, run nothing")
     args = parser.parse_args(argv)
 
     from ..atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
+    from ..files import KitError
     from ..npu import detect_soc_version
     from ..text_lengths import text_graph
 
@@ -51,8 +58,18 @@ def main(argv=None, prog=None):
         print(f"warning: {warning}", file=sys.stderr)
     towers = [tower.strip() for tower in args.towers.split(",") if tower.strip()]
     towers += [text_graph(length) for length in csv_ints(args.text_lengths, minimum=3)] if args.text_lengths else []
-    jobs = plan_jobs(args.onnx_prefix, towers, csv_ints(args.batch_sizes), soc, args.output_dir, args.dynamic_batch,
-                     args.precision_mode, args.precision_mode_v2, args.atc_args, args.tag)
+    if args.variant:
+        from ..atc_presets import parse_variants, variant_jobs
+
+        variants = parse_variants(args.variant)
+        if len(variants) > 1 or args.atc_args or args.tag or args.text_lengths or args.precision_mode_v2:
+            raise KitError("--variant takes one preset combination (e.g. npu+hp) and sets the graphs, flags and tag "
+                           "itself: drop --atc-args, --tag, --text-lengths and --precision-mode-v2")
+        jobs = variant_jobs(args.onnx_prefix, variants[0], towers, csv_ints(args.batch_sizes), soc, args.output_dir,
+                            args.precision_mode, args.dynamic_batch, args.aipp_config)
+    else:
+        jobs = plan_jobs(args.onnx_prefix, towers, csv_ints(args.batch_sizes), soc, args.output_dir,
+                         args.dynamic_batch, args.precision_mode, args.precision_mode_v2, args.atc_args, args.tag)
     if args.dry_run:
         for job in jobs:
             print(shlex.join(job.command))

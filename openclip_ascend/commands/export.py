@@ -9,6 +9,9 @@ the Hugging Face cache; `none` for random weights, with a warning), --image / --
 and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
 --text-lengths dyn,32 adds shorter text graphs (exact: a caption's embedding depends only on its
 tokens up to the EOT), each checked against the full-length graph (max abs diff ≤ 1e-5).
+--npu-graph adds PREFIX_{vision,text}_npu.onnx, shaped for the NPU (tokens padded to a multiple of 16,
+linear layers as 2-D products; same embeddings, checked against PyTorch like the others); compile them
+with convert/onnx2om.py --towers vision_npu,text_npu or the sweep's `npu` variant.
 """
 
 import argparse
@@ -35,10 +38,12 @@ def main(argv=None, prog=None):
                         help="shorter text graphs for exact length trimming, comma-separated: dyn (a dynamic length "
                              "axis, PREFIX_text_dynlen.onnx: the CPU runner cuts each batch to its longest caption) "
                              "and/or token counts such as 32 (PREFIX_text_len32.onnx, static: NPU length buckets)")
+    parser.add_argument("--npu-graph", action="store_true",
+                        help="also PREFIX_{tower}_npu.onnx: tokens padded to a multiple of 16, 2-D linear products")
     parser.add_argument("--skip-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
     args = parser.parse_args(argv)
 
-    from ..export import export_model, export_text_lengths, given_examples
+    from ..export import export_model, export_npu_graphs, export_text_lengths, given_examples
     from ..models import is_random_weights, load_model
 
     model = load_model(args.model_name, args.pretrained)
@@ -48,6 +53,8 @@ def main(argv=None, prog=None):
     if args.text_lengths:
         report.update(export_text_lengths(model, args.onnx_prefix, parse_text_lengths(args.text_lengths), args.opset,
                                           check=not args.skip_check))
+    if args.npu_graph:
+        report.update(export_npu_graphs(model, args.onnx_prefix, towers, args.opset, check=not args.skip_check))
     for tower, entry in report.items():
         for case, parity in (entry["parity"] or {}).items():
             label = f"--{'image' if tower == 'vision' else 'text'}" if case == "given" else \

@@ -9,6 +9,8 @@
         --output_dirname vision --outfmt NPY --device 0,1     # Ascend: one process per NPU
     python openclip_infer.py --model models/vit_b_32_text_len32_bs8.om,models/vit_b_32_text_bs8.om \\
         --input prep/texts --output results --output_dirname text   # length buckets: each batch on the shortest
+    python openclip_infer.py --model models/vit_b_32_vision_bs8.om --input one_batch --output run --dump 1
+                                                                # operator dump in run/dump, as ais_bench --dump 1
 
 Writes OUTPUT/DIRNAME/{stem}_0.npy per input file and OUTPUT/DIRNAME_summary.json (several devices:
 OUTPUT/DIRNAME/device{N}/ and OUTPUT/DIRNAME/device{N}_summary.json), and prints ais_bench's summary
@@ -18,8 +20,10 @@ OM checks first that the NPU is idle (``npu-smi info``); --require-idle makes a 
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..backends import BACKENDS
+from ..cli import str2bool
 
 
 def main(argv=None, prog=None):
@@ -38,6 +42,11 @@ def main(argv=None, prog=None):
                         help="NPU id(s), default 0: 0,1,… runs one process per device (OM only); cuda: ONNX on the GPU "
                              "(needs onnxruntime-gpu)")
     parser.add_argument("--dymBatch", type=int, default=None, help="batch gear of a dynamic-batch OM")
+    parser.add_argument("--dump", type=str2bool, default=False,
+                        help="OM only: dump every op's inputs and outputs as ais_bench --dump 1 does (needs --output; "
+                             "OUTPUT/acl.json, the dump in OUTPUT/dump; read it with openclip_precision.py locate "
+                             "--npu-dump)")
+    parser.add_argument("--acl_json_path", help="OM only: an acl.json of your own (dump or profiling)")
     parser.add_argument("--via-ais-bench", action="store_true",
                         help="run `python3 -m ais_bench` itself with the flags given here and parse its output")
     parser.add_argument("--require-idle", action="store_true",
@@ -57,10 +66,14 @@ def main(argv=None, prog=None):
 
     given = {"input": args.input, "output": args.output, "output_dirname": args.output_dirname,
              "outfmt": args.outfmt, "batchsize": args.batchsize, "loop": args.loop, "device": args.device,
-             "dymBatch": args.dymBatch, "warmup_count": args.warmup_count}
+             "dymBatch": args.dymBatch, "warmup_count": args.warmup_count, "dump": 1 if args.dump else None,
+             "acl_json_path": args.acl_json_path}
     outfmt, loop, warmup_count = args.outfmt or "BIN", args.loop or 1, 1 if args.warmup_count is None else args.warmup_count
     if (args.batchsize is not None and args.batchsize < 1) or loop < 1 or warmup_count < 0:
         raise KitError("--batchsize and --loop must be ≥ 1 and --warmup_count ≥ 0")
+    if args.dump and not args.output:
+        raise KitError("--dump needs --output: the dump goes to OUTPUT/dump (ais_bench: 'when dump or profiler, miss "
+                       "output path')")
     if args.device == "cuda":  # ONNX on the GPU through onnxruntime-gpu
         session = open_session(args.backend, args.model, device="cuda")
         infer(session, args.input, args.output, args.output_dirname, outfmt, args.batchsize, loop, warmup_count)
@@ -85,13 +98,22 @@ def main(argv=None, prog=None):
         return 0
     if devices != [0] and not is_om:
         raise KitError(f"--device {args.device}: only OM models run on NPU devices; the CPU backends use device 0")
+    acl_json_path = args.acl_json_path
+    if args.dump and not acl_json_path:  # what ais_bench's get_acl_json_path writes
+        from ..npu_dump import write_acl_json
+
+        model = str(args.model or "").split(",")[-1]
+        acl_json_path = write_acl_json(Path(args.output) / "acl.json", Path(args.output) / "dump",
+                                       Path(model).name.split(".")[0])
     if len(devices) > 1:
+        if acl_json_path:
+            raise KitError("--dump / --acl_json_path with several devices: dump on one device at a time")
         session_args = {"backend": args.backend, "model": args.model, "dym_batch": args.dymBatch}
         infer_devices(session_args, devices, args.input, args.output, args.output_dirname, outfmt,
                       args.batchsize, loop, warmup_count)
         return 0
     session = open_session(args.backend, args.model, args.model_name, args.pretrained, args.tower, devices[0],
-                           args.dymBatch)
+                           args.dymBatch, acl_json_path)
     try:
         infer(session, args.input, args.output, args.output_dirname, outfmt, args.batchsize, loop, warmup_count)
     finally:

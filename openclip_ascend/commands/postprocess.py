@@ -50,7 +50,7 @@ def main(argv=None, prog=None):
     if args.results_file:
         write_json(args.results_file, record)
     print_result(record)
-    warning = degenerate_warning(result, f"{args.vision_embeds} + {args.text_embeds}")
+    warning = degenerate_warning(result.problems, f"{args.vision_embeds} + {args.text_embeds}")
     if warning:
         print(warning, file=sys.stderr)
     print()

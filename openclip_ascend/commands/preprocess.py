@@ -29,6 +29,10 @@ def main(argv=None, prog=None):
     parser.add_argument("--dataset", default="flickr30k", choices=["flickr30k", "mscoco"],
                         help="the data folder's layout: flickr30k (images + flickr30k_test_karpathy.txt) or mscoco "
                              "(CLIP_benchmark's: val2014/ + coco_test_karpathy.json) (default: %(default)s)")
+    parser.add_argument("--uint8", action="store_true",
+                        help="also SAVE_DIR/images_u8/{stem}.npy (uint8 1×H×W×3, the cropped image before "
+                             "normalisation) and SAVE_DIR/aipp.cfg, for a vision OM that normalises on the chip "
+                             "(atc --insert_op_conf; convert/onnx2om.py --variant aipp)")
     args = parser.parse_args(argv)
 
     from ..preprocess import preprocess_dataset
@@ -37,6 +41,10 @@ def main(argv=None, prog=None):
                                   args.on_error, args.force, args.dataset)
     for entry in manifest.skipped:
         print(f"skipped: {entry['item']}: {entry['reason']}", file=sys.stderr)
+    if args.uint8:
+        from ..aipp import prepare_uint8
+
+        print(f"uint8 images for AIPP: {prepare_uint8(args.save_dir).parent / 'images_u8'}")
     print_result({"images": len(manifest.images), "captions": len(manifest.captions), "skipped": len(manifest.skipped),
                   "unreferenced_images": manifest.unreferenced_images, "save_dir": args.save_dir,
                   "preprocess": manifest.preprocess})

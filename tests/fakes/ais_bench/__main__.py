@@ -8,7 +8,9 @@ saved); outputs ``{stem}_{i}.{fmt}`` (TXT: rows of ``%f`` values, space-separate
 --output writes ``pure_infer_data_0.{fmt}``; the summary JSON (filesinfo per input file, args as a list)
 lands at ``O/D_summary.json``; --device 0,1 runs one process per device over chunks of ceil(n / devices)
 files into ``O/D/device{N}/`` with ``O/D/device{N}_summary.json`` each, then prints
-``i:… device_… throughput:…`` per device and ``[INFO] summary throughput:…``.
+``i:… device_… throughput:…`` per device and ``[INFO] summary throughput:…``. --dump 1 needs --output
+and writes ``O/acl.json`` (dump_path ``O/dump``, the model's file name without extension) for the session,
+as the real get_acl_json_path does; --acl_json_path names one instead.
 """
 
 import argparse
@@ -33,6 +35,27 @@ WORDINGS = (
     "[INFO] Throughput 1000*batchsize.mean({b})/NPU_compute_time.mean({t}): {f}",
 )
 SUFFIXES = (".npy", ".NPY", ".bin", ".BIN")
+
+
+def str2bool(value):
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError("Boolean value expected true, 1, false, 0 with case insensitive.")
+
+
+def acl_json_path(args):
+    if args.acl_json_path is not None or not args.dump:
+        return args.acl_json_path
+    dump_path = os.path.join(args.output, "dump")
+    os.makedirs(dump_path, 0o755, exist_ok=True)
+    path = os.path.join(args.output, "acl.json")
+    with open(path, "w") as handle:
+        json.dump({"dump": {"dump_path": dump_path, "dump_mode": "all", "dump_list": [
+            {"model_name": args.model.split("/")[-1].split(".")[0]}]}}, handle, indent=4, separators=(", ", ": "),
+            sort_keys=True)
+    return path
 
 
 def devices(text):
@@ -82,8 +105,14 @@ def stats(times):
             "count": len(times)}
 
 
+def feed_of(group, per_batch, session, desc):
+    """One model batch from ``group``'s files, the short last one padded with its first file."""
+    arrays = [content(f, session.np_dtype).reshape([-1] + list(desc.shape[1:])) for f in group]
+    return np.concatenate(arrays + [arrays[0]] * (per_batch - len(group)))
+
+
 def main(args, files, device, output_dirname):
-    session = InferSession(device, args.model)
+    session = InferSession(device, args.model, acl_json_path(args))
     if args.dymBatch:
         session.set_dynamic_batchsize(args.dymBatch)
     desc = session.get_inputs()[0]
@@ -94,7 +123,12 @@ def main(args, files, device, output_dirname):
         os.makedirs(out_dir, exist_ok=True)
     filesinfo = {}
     zeros = np.zeros([model_batch] + list(desc.shape[1:]), dtype=session.np_dtype)
-    session.infer([zeros if not files else np.concatenate([content(files[0], session.np_dtype)] * model_batch)])
+    per_batch = 1
+    if files:
+        per_file = content(files[0], session.np_dtype).reshape([-1] + list(desc.shape[1:])).shape[0]
+        per_batch = model_batch // per_file
+    for _ in range(args.warmup_count):  # the first batch's files (infileslist[0]), untimed
+        session.infer([zeros if not files else feed_of(files[:per_batch], per_batch, session, desc)])
     session.reset_sumaryinfo()  # warm-up dropped
     if not files:
         for _ in range(args.loop):
@@ -102,12 +136,9 @@ def main(args, files, device, output_dirname):
         if out_dir:
             save(os.path.join(out_dir, f"pure_infer_data_0.{args.outfmt.lower()}"), output)
     else:
-        per_file = content(files[0], session.np_dtype).reshape([-1] + list(desc.shape[1:])).shape[0]
-        per_batch = model_batch // per_file
         for index in range(math.ceil(len(files) / per_batch)):
             group = files[index * per_batch:(index + 1) * per_batch]
-            arrays = [content(f, session.np_dtype).reshape([-1] + list(desc.shape[1:])) for f in group]
-            feed = np.concatenate(arrays + [arrays[0]] * (per_batch - len(group)))
+            feed = feed_of(group, per_batch, session, desc)
             for _ in range(args.loop):
                 output = session.infer([feed])[0]
             for j, path in enumerate(group):
@@ -155,7 +186,12 @@ if __name__ == "__main__":
     parser.add_argument("--dymBatch", type=int, default=0)
     parser.add_argument("--warmup_count", type=int, default=1)
     parser.add_argument("--debug", default=False)
+    parser.add_argument("--dump", type=str2bool, default=False)
+    parser.add_argument("--acl_json_path", default=None)
     args = parser.parse_args()
+    if args.dump and args.output is None:
+        print("[ERROR] when dump or profiler, miss output path, please check them!", file=sys.stderr)
+        raise RuntimeError("miss output parameter!")
     record("ais_bench", argv=sys.argv[1:])
     files = input_files(args.input) if args.input else []
     if not isinstance(args.device, list):

@@ -1,0 +1,230 @@
+"""The variant sweep (``openclip_perf.py --variants``, pipeline ``VARIANTS``): compile each atc preset
+combination (atc_presets.py), then per batch size measure its accuracy against PyTorch on a subset of
+the preprocessed set (recall@5 both ways, min cosine of every embedding) and its pure-inference
+throughput, and choose the fastest variant that keeps PyTorch's accuracy.
+
+"Fastest" is the vision tower's fps at the largest batch size (the published figure's), text fps
+breaking ties; "keeps PyTorch's accuracy" is recall@5 within ``recall_bound`` of PyTorch's on the same
+subset, both ways, at every batch size, and every embedding at cosine ≥ ``min_cosine``. Variants whose
+compile fails are listed with atc's E-code and do not stop the others.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .files import KitError, write_json
+from .tables import markdown_table, save_table
+
+RECALL_KEYS = ("image_retrieval_recall@5", "text_retrieval_recall@5")
+E_CODE = re.compile(r"\b(E[A-Z]?\d{4,5})\b")
+
+
+@dataclass
+class SweepOptions:
+    variants: list  # atc_presets.Variant
+    accuracy_subset: int = 200  # images (with all their captions); 0: the whole set
+    recall_bound: float = 0.002
+    min_cosine: float = 0.99
+
+
+def subset(prep, images):
+    """(image arrays, caption arrays, caption → image index) of the first ``images`` images of step 1's
+    manifest (0: all) and every caption of theirs."""
+    from .dataset import Manifest
+
+    manifest = Manifest.load(Path(prep) / "manifest.json")
+    stems = manifest.image_stems[:images] if images else manifest.image_stems
+    captions = [caption for caption in manifest.captions if caption.image < len(stems)]
+    vision = np.concatenate([np.load(Path(prep) / "images" / f"{stem}.npy") for stem in stems])
+    text = np.concatenate([np.load(Path(prep) / "texts" / f"{caption.stem}.npy") for caption in captions])
+    return {"vision": vision, "text": text}, [caption.image for caption in captions]
+
+
+def om_embeddings(om, inputs, device=0, uint8_inputs=None):
+    """``inputs`` through a static-batch OM: whole batches, the last padded with its first sample (as
+    ais_bench pads) and the padding dropped. An OM that takes uint8 (AIPP) gets ``uint8_inputs``."""
+    from .backends import AscendSession
+
+    session = AscendSession(om, device)
+    if session.input_dtype == np.uint8:
+        if uint8_inputs is None:
+            session.close()
+            raise KitError(f"{om} takes uint8 images (AIPP); run the sweep with an aipp variant listed")
+        inputs = uint8_inputs
+    try:
+        size, outputs = session.input_shape[0], []
+        for start in range(0, len(inputs), size):
+            batch = inputs[start:start + size]
+            padded = np.concatenate([batch] + [batch[:1]] * (size - len(batch)))
+            outputs.append(session.run(padded)[:len(batch)])
+    finally:
+        session.close()
+    return np.concatenate(outputs)
+
+
+def throughput(om, batch, loops, device, out_dir):
+    """Pure-inference fps of ``om`` as step 6 measures it (the runner's summary)."""
+    import functools
+
+    from .backends import open_session
+    from .runner import infer_opened
+
+    summary = infer_opened(functools.partial(open_session, "ascend", str(om), device=device), output=str(out_dir),
+                           output_dirname=Path(om).stem, batchsize=batch, loop=loops)
+    return summary["throughput"], summary["spread"]["noisy"]
+
+
+def accuracy_ok(row, reference, options):
+    return (all(abs(row["metrics"][key] - reference[key]) <= options.recall_bound + 1e-12 for key in RECALL_KEYS)
+            and min(row["min_cosine"].values()) >= options.min_cosine)
+
+
+def choose(rows, reference, options):
+    """(chosen variant name or None, Pareto front names, per-variant summary). A variant qualifies when
+    every batch size it ran keeps the accuracy bounds; the front holds the variants no other matches or
+    beats on speed, worst recall@5 gap and worst cosine at once."""
+    largest = max(row["batch_size"] for row in rows) if rows else None
+    summary = {}
+    for row in rows:
+        entry = summary.setdefault(row["variant"], {"variant": row["variant"], "ok": True, "speed": (0.0, 0.0),
+                                                    "gap": 0.0, "cosine": 1.0})
+        entry["ok"] &= accuracy_ok(row, reference[row["batch_size"]], options)
+        entry["gap"] = max(entry["gap"], *(abs(row["metrics"][k] - reference[row["batch_size"]][k]) for k in RECALL_KEYS))
+        entry["cosine"] = min(entry["cosine"], *row["min_cosine"].values())
+        if row["batch_size"] == largest:
+            entry["speed"] = (row["fps"]["vision"], row["fps"]["text"])
+    entries = list(summary.values())
+
+    def dominates(a, b):
+        at_least = a["speed"] >= b["speed"] and a["gap"] <= b["gap"] and a["cosine"] >= b["cosine"]
+        return at_least and (a["speed"], -a["gap"], a["cosine"]) != (b["speed"], -b["gap"], b["cosine"])
+
+    front = [e["variant"] for e in entries if not any(dominates(o, e) for o in entries if o is not e)]
+    qualified = [e for e in entries if e["ok"] and e["speed"][0] > 0]
+    chosen = max(qualified, key=lambda e: e["speed"])["variant"] if qualified else None
+    return chosen, front, summary
+
+
+def e_code(error):
+    found = E_CODE.search(error or "")
+    return found.group(1) if found else "?"
+
+
+def run_sweep(config, options):
+    """Compile, measure and choose; writes ``variants.json``, ``variants.md`` / ``.csv`` into the run
+    folder and returns the record (also results.json's ``performance.variants``)."""
+    from tqdm import tqdm
+
+    from .atc import run_jobs
+    from .atc_presets import variant_jobs
+    from .backends import TorchSession
+    from .export import export_npu_graphs, onnx_path
+    from .metrics import compare_embeddings, evaluate_retrieval
+    from .npu import detect_soc_version
+    from .precision import embed_all
+    from .text_lengths import base_tower
+
+    prefix, device = config.onnx_prefix, config.devices[0]
+    if any("npu" in v.parts for v in options.variants) and not onnx_path(prefix, "vision_npu").is_file():
+        from .models import load_model
+
+        config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
+                   config.pretrained, "--onnx-prefix", prefix, "--npu-graph")
+        export_npu_graphs(load_model(config.model_name, config.pretrained), prefix)
+    soc, _, _ = detect_soc_version(config.soc_version)
+    inputs, owners = subset(config.prep, options.accuracy_subset)
+    aipp_config = uint8 = None
+    if any("aipp" in v.parts for v in options.variants):
+        from .aipp import prepare_uint8, to_uint8
+        from .dataset import Manifest
+
+        config.log("python", "openclip_preprocess.py", "--data-dir", config.data_dir or config.output_dir / "sample",
+                   "--save-dir", config.prep, "--model-name", config.model_name, "--uint8")
+        aipp_config = prepare_uint8(config.prep)
+        preprocess = Manifest.load(config.prep / "manifest.json").preprocess
+        uint8 = to_uint8(inputs["vision"], preprocess["mean"], preprocess["std"])
+    torch_embeds = {tower: embed_all(TorchSession(config.model_name, config.pretrained, tower).run, inputs[tower], 16)
+                    for tower in ("vision", "text")}
+    torch_metrics = evaluate_retrieval(torch_embeds["vision"], torch_embeds["text"], owners).metrics
+    out_dir = config.output_dir / "variants"
+    rows, failures = [], []
+    for variant in tqdm(options.variants, desc="variants", unit="variant"):
+        config.log("python", "convert/onnx2om.py", "--onnx-prefix", prefix, "--batch-sizes",
+                   ",".join(map(str, config.batch_sizes)), "--soc-version", soc, "--output-dir", out_dir,
+                   "--variant", variant.name, *(["--aipp-config", aipp_config] if "aipp" in variant.parts else []))
+        jobs = run_jobs(variant_jobs(prefix, variant, ("vision", "text"), config.batch_sizes, soc, out_dir,
+                                     config.precision_mode, aipp_config=aipp_config))
+        failures += [{"variant": variant.name, "tower": base_tower(job.tower), "batch_size": int(job.batch),
+                      "code": e_code(job.error), "error": job.error, "log": str(job.log)}
+                     for job in jobs if job.status == "failed"]
+        for batch in config.batch_sizes:
+            oms = {base_tower(job.tower): job.om for job in jobs if job.batch == str(batch) and job.status != "failed"}
+            if len(oms) < 2:
+                continue
+            embeds = {tower: om_embeddings(oms[tower], inputs[tower], device, uint8) for tower in oms}
+            fps, noisy = {}, {}
+            for tower, om in oms.items():
+                fps[tower], noisy[tower] = throughput(om, batch, config.perf_loops, device, out_dir / "perf")
+            rows.append({"variant": variant.name, "tag": variant.tag, "batch_size": batch, "fps": fps, "noisy": noisy,
+                         "metrics": {key: evaluate_retrieval(embeds["vision"], embeds["text"], owners).metrics[key]
+                                     for key in RECALL_KEYS},
+                         "min_cosine": {tower: compare_embeddings(torch_embeds[tower], embeds[tower])["min_cosine"]
+                                        for tower in oms},
+                         "oms": {tower: str(om) for tower, om in oms.items()}})
+    reference = {batch: torch_metrics for batch in config.batch_sizes}
+    chosen, front, summary = choose(rows, reference, options)
+    for row in rows:
+        row["accuracy_ok"] = accuracy_ok(row, torch_metrics, options)
+    record = {"variants": [v.name for v in options.variants], "soc_version": soc, "rows": rows, "failures": failures,
+              "torch": {key: torch_metrics[key] for key in RECALL_KEYS}, "chosen": chosen, "pareto_front": front,
+              "accuracy_subset": {"images": len(inputs["vision"]), "captions": len(owners)},
+              "recall_bound": options.recall_bound, "min_cosine_bound": options.min_cosine,
+              "summary": list(summary.values())}
+    write_json(config.output_dir / "variants.json", record)
+    print(save_table(config.output_dir / "variants", *variant_table(record), title="atc variants (fps: pure inference)"))
+    print(chosen_line(record))
+    return record
+
+
+def variant_table(record):
+    headers = ["variant", "batch size", "vision fps", "text fps", "image R@5", "text R@5", "vision min cos",
+               "text min cos", "within bounds"]
+    rows = [[r["variant"], r["batch_size"]] + [f"{r['fps'][t]:.1f}" + (" (noisy)" if r["noisy"][t] else "")
+                                                for t in ("vision", "text")]
+            + [f"{r['metrics'][k]:.4f}" for k in RECALL_KEYS]
+            + [f"{r['min_cosine'][t]:.6f}" for t in ("vision", "text")]
+            + ["yes" if r["accuracy_ok"] else "**no**"] for r in record["rows"]]
+    rows += [[f["variant"], f["batch_size"], f"compile failed ({f['code']}, {f['tower']})", "", "", "", "", "", ""]
+             for f in record["failures"]]
+    return headers, rows
+
+
+def chosen_line(record):
+    bound = f"recall@5 within {record['recall_bound']:g} of PyTorch and cosine ≥ {record['min_cosine_bound']:g}"
+    if record["chosen"] is None:
+        return f"no variant kept the accuracy bounds ({bound}); keep the reference flags"
+    return (f"chosen: {record['chosen']} — the fastest variant with {bound} on {record['accuracy_subset']['images']} "
+            f"images; Pareto front: {', '.join(record['pareto_front'])}")
+
+
+def sweep_section(record):
+    """report.md's lines for a sweep."""
+    lines = ["## atc variant sweep", "", f"PyTorch on the same subset ({record['accuracy_subset']['images']} images, "
+             f"{record['accuracy_subset']['captions']} captions): image R@5 {record['torch'][RECALL_KEYS[0]]:.4f}, "
+             f"text R@5 {record['torch'][RECALL_KEYS[1]]:.4f}.", "", markdown_table(*variant_table(record)), "",
+             chosen_line(record) + ".", ""]
+    if record["failures"]:
+        lines += ["Compile failures: " + "; ".join(f"{f['variant']} {f['tower']} bs{f['batch_size']} {f['code']} "
+                                                   f"(`{f['log']}`)" for f in record["failures"]), ""]
+    return lines
+
+
+def parse_options(variants, accuracy_subset, recall_bound, min_cosine):
+    from .atc_presets import parse_variants
+
+    if accuracy_subset < 0 or not 0 <= recall_bound < 1:
+        raise KitError("--accuracy-subset must be ≥ 0 (0: the whole set) and the recall bound in [0, 1)")
+    return SweepOptions(parse_variants(variants), accuracy_subset, recall_bound, min_cosine)

@@ -1,0 +1,121 @@
+"""The atc variant sweep: presets to flags and tags, the chooser's rule, and openclip_perf.py --variants
+end to end on the stand-in tools (throughput per variant from $FAKE_OM_MS, one preset failing to compile)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openclip_ascend.atc_presets import parse_variants, variant_jobs
+from openclip_ascend.files import KitError
+from openclip_ascend.sweep import SweepOptions, choose
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKES = ROOT / "tests" / "fakes"
+
+
+def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
+    from openclip_ascend.export import export_npu_graphs
+
+    variants = parse_variants("base,npu+hp,smallch+nofuseattn")
+    assert [v.tag for v in variants] == ["", "npu_hp", "smallch_nofuseattn"]
+    with pytest.raises(KitError, match="unknown preset 'fast'"):
+        parse_variants("npu+fast")
+    with pytest.raises(KitError, match="repeats a variant"):
+        parse_variants("npu+hp,hp+npu")
+    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
+
+    export_npu_graphs(load_model(TINY_MODEL, str(TINY_WEIGHTS)), tiny_onnx, check=False)
+    jobs = {(job.tower, job.output.name): job.command for v in variants
+            for job in variant_jobs(tiny_onnx, v, ("vision", "text"), [8], "Ascend310P3", tmp_path)}
+    assert set(jobs) == {("vision", "tiny_vision_bs8"), ("text", "tiny_text_bs8"),
+                         ("vision_npu", "tiny_vision_npu_bs8_npu_hp"), ("text_npu", "tiny_text_npu_bs8_npu_hp"),
+                         ("vision", "tiny_vision_bs8_smallch_nofuseattn"), ("text", "tiny_text_bs8_smallch_nofuseattn")}
+    hp = jobs[("vision_npu", "tiny_vision_npu_bs8_npu_hp")]
+    assert "--op_select_implmode=high_performance" in hp and "--optypelist_for_implmode=Gelu" in hp
+    assert "--enable_small_channel=1" in jobs[("vision", "tiny_vision_bs8_smallch_nofuseattn")]
+    assert "--enable_small_channel=1" not in jobs[("text", "tiny_text_bs8_smallch_nofuseattn")]  # vision only
+    switch = next(a for a in jobs[("text", "tiny_text_bs8_smallch_nofuseattn")] if a.startswith("--fusion_switch_file="))
+    assert json.loads(Path(switch.split("=", 1)[1]).read_text()) == {"Switch": {"GraphFusion": {
+        "ZAttentionLnQKVONNXFusionPass": "off", "ZAttentionScoreFusionPass": "off"}, "UBFusion": {}}}
+
+
+def _row(variant, batch, vision_fps, image_r5, cosine=0.9999):
+    return {"variant": variant, "batch_size": batch, "fps": {"vision": vision_fps, "text": 100.0},
+            "metrics": {"image_retrieval_recall@5": image_r5, "text_retrieval_recall@5": 0.9},
+            "min_cosine": {"vision": cosine, "text": 0.9999}}
+
+
+def test_the_fastest_variant_within_bounds_is_chosen():
+    reference = {batch: {"image_retrieval_recall@5": 0.88, "text_retrieval_recall@5": 0.9} for batch in (1, 64)}
+    rows = [_row("base", 1, 180, 0.88), _row("base", 64, 326, 0.88),
+            _row("npu", 1, 400, 0.881), _row("npu", 64, 1300, 0.8815),
+            _row("npu+hp", 1, 450, 0.88), _row("npu+hp", 64, 1500, 0.875),  # fastest, but loses 0.005 at bs64
+            _row("fp16ish", 1, 500, 0.88), _row("fp16ish", 64, 1600, 0.88, cosine=0.95),  # an embedding strays
+            _row("slow", 1, 150, 0.879), _row("slow", 64, 200, 0.879)]  # worse than base on every count
+    chosen, front, summary = choose(rows, reference, SweepOptions([], recall_bound=0.002, min_cosine=0.99))
+    assert chosen == "npu" and not summary["npu+hp"]["ok"] and not summary["fp16ish"]["ok"]
+    assert summary["npu"]["speed"] == (1300, 100.0)
+    assert set(front) == {"base", "npu", "npu+hp", "fp16ish"}  # each best at something; "slow" at nothing
+    assert choose([r for r in rows if r["variant"] == "npu+hp"], reference, SweepOptions([]))[0] is None
+
+
+def test_perf_variants_on_the_stand_in_npu(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
+           "FAKE_OM_MS": json.dumps({"base": 10.0, "npu": 4.0, "npu_hp": 3.0, "*": 50.0}),
+           "FAKE_ATC_FAIL_ARG": "--enable_small_channel=1", "FAKE_ATC_FAIL_CODE": "EZ3003", "FAKE_TOOL_LOG": str(tmp_path / "tools.log")}
+    common = ["--output-dir", str(out), "--batch-sizes", "1,4", "--backend", "ascend", "--no-reference", "--perf-loops",
+              "2", "--workers", "2"]
+    first = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--steps", "1-3", *common],
+                           capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = subprocess.run([sys.executable, str(ROOT / "openclip_perf.py"), *common, "--variants",
+                             "base,npu,npu+hp,npu+smallch,nofuseattn,npu+aipp", "--accuracy-subset", "20"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "variants.json").read_text())
+    assert record["chosen"] == "npu+hp" and "chosen: npu+hp" in result.stdout
+    assert {(f["variant"], f["tower"], f["code"]) for f in record["failures"]} == {("npu+smallch", "vision", "EZ3003")}
+    rows = {(r["variant"], r["batch_size"]): r for r in record["rows"]}
+    assert set(rows) == {(v, b) for v in ("base", "npu", "npu+hp", "nofuseattn", "npu+aipp") for b in (1, 4)}
+    assert rows[("npu+hp", 4)]["fps"]["vision"] == pytest.approx(1000 / 3.0, rel=1e-6)  # the stand-in's table
+    assert all(r["accuracy_ok"] and min(r["min_cosine"].values()) > 0.9999 for r in record["rows"]
+               if r["variant"] != "npu+aipp")
+    aipp = rows[("npu+aipp", 4)]  # uint8 in, fp16 normalisation: close to, not equal to, PyTorch
+    assert 0.999 < aipp["min_cosine"]["vision"] < 1.0 and aipp["min_cosine"]["text"] > 0.9999
+    assert (out / "prep" / "aipp.cfg").is_file() and len(list((out / "prep" / "images_u8").glob("*.npy"))) == 100
+    assert record["accuracy_subset"]["images"] == 20
+    report = (out / "report.md").read_text()
+    assert "## atc variant sweep" in report and "compile failed (EZ3003, vision)" in report
+    atc_calls = [json.loads(line)["argv"] for line in (tmp_path / "tools.log").read_text().splitlines()
+                 if json.loads(line)["tool"] == "atc"]
+    assert any(any(a.endswith("_vision_npu.onnx") for a in argv) and "--optypelist_for_implmode=Gelu" in argv
+               for argv in atc_calls)
+
+
+def test_profile_on_the_stand_in_npu(tmp_path):
+    """PROFILE=1: each tower's largest-batch OM under msprof; time per op type, the AI CPU op (the text
+    tower's integer ArgMax), achieved TFLOP/s beside the given peak, in report.md."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
+           "PROFILE": "1", "PEAK_TFLOPS": "280"}
+    result = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--output-dir", str(out), "--steps",
+                             "1-3,6,7", "--batch-sizes", "1,4", "--backend", "ascend", "--no-reference", "--perf-loops",
+                             "2", "--workers", "2", "--text-lengths", "full"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    profile = json.loads((out / "performance.json").read_text())["profile"]
+    assert set(profile) == {"vision", "text"} and all(p["batch_size"] == 4 for p in profile.values())
+    vision, text = profile["vision"], profile["text"]
+    assert vision["ops"][0]["op_type"] in ("MatMul", "Gemm") and abs(sum(o["share"] for o in vision["ops"]) - 1) < 1e-9
+    assert vision["ai_cpu_ops"] == [] and len(text["ai_cpu_ops"]) == 1 and "ArgMax" in text["ai_cpu_ops"][0]
+    assert vision["flop_per_sample"] > 5e7 and vision["achieved_tflops"] == pytest.approx(
+        vision["flop_per_sample"] * vision["fps"] / 1e12)
+    report = (out / "report.md").read_text()
+    assert "## Where the time goes on the NPU (msprof)" in report and "of the 280 TFLOP/s peak given" in report
+    assert "On the AI CPU (slow path)" in report and "msprof --output=" in report
