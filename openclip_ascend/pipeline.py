@@ -558,6 +558,9 @@ def _other_tasks_commands(config, lines):
 
 def run_steps(config, steps=tuple(STEPS)):
     """Run the numbered steps in order; returns {step name: its result}, also in ``results.json``."""
+    unknown = [number for number in steps if number not in STEPS]
+    if unknown:  # before anything runs or is written
+        raise KitError(f"step {unknown[0]}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
     backend, reason = resolve_backend(config.backend)
     print(f"backend: {backend} ({reason})" + (" + PyTorch reference" if config.reference else ""))
     results_path = config.output_dir / "results.json"
@@ -567,8 +570,6 @@ def run_steps(config, steps=tuple(STEPS)):
     commands = results.setdefault("commands", {})
     write_json(results_path, results)  # what the run is, before any step reads it
     for number in steps:
-        if number not in STEPS:
-            raise KitError(f"step {number}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
         print(f"=== step {number}: {STEP_NAMES[number]} ===")
         first, start = len(config.commands), time.perf_counter()
         result = STEPS[number](config)

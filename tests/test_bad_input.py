@@ -399,3 +399,13 @@ def test_interrupted_run_with_workers_leaves_nothing_half_written(tmp_path):
     assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
     for path in (out / "images").glob("*.npy"):
         assert np.load(path).shape == (1, 3, 224, 224)
+
+
+@pytest.mark.parametrize("steps,message", [("1-3,9", "step 9: the steps are 1–7"),
+                                           ("1-x", "--steps 1-x: write step numbers and ranges")])
+def test_bad_steps_are_one_line_before_anything_runs(tmp_path, steps, message):
+    result = subprocess.run([sys.executable, str(ROOT / "openclip_pipeline.py"), "--output-dir", str(tmp_path / "run"),
+                             "--steps", steps], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "run").exists()
