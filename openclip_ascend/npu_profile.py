@@ -38,9 +38,10 @@ def flops_per_sample(model, tower, module=None):
     return counter.get_total_flops()
 
 
-def msprof_command(out_dir, om, batch, loops):
+def msprof_command(out_dir, om, batch, loops, dym_batch=False):
+    """``dym_batch``: the OM is a dynamic-batch one, run at gear ``batch``."""
     application = shlex.join([sys.executable, "-m", "ais_bench", "--model", str(om), "--loop", str(loops),
-                              "--batchsize", str(batch)])
+                              "--batchsize", str(batch)] + (["--dymBatch", str(batch)] if dym_batch else []))
     return ["msprof", f"--output={out_dir}", f"--application={application}"]
 
 
@@ -71,14 +72,14 @@ def ai_cpu_ops(summary_rows):
     return sorted({row["Op Name"] for row in summary_rows if row.get("Task Type") == AI_CPU})
 
 
-def profile_om(om, batch, loops, out_dir, fps, flop):
+def profile_om(om, batch, loops, out_dir, fps, flop, dym_batch=False):
     """Run ``om`` under msprof and read what it wrote; returns the record report.md shows."""
     if shutil.which("msprof") is None:
         raise KitError("PROFILE=1: msprof not found on PATH; source the CANN environment "
                        "(`source /usr/local/Ascend/ascend-toolkit/set_env.sh`)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = msprof_command(out_dir, om, batch, loops)
+    command = msprof_command(out_dir, om, batch, loops, dym_batch)
     with open(out_dir / "msprof.log", "w", encoding="utf-8") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:

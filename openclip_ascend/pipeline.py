@@ -531,7 +531,7 @@ def _profile(config, fps_by_batch):
     for tower in TOWER_INPUTS:
         om = _om(config, tower, batch).split(",")[-1]  # the full-length text OM, not a length bucket
         records[tower] = profile_om(om, batch, config.perf_loops, config.output_dir / "profile" / f"{tower}_bs{batch}",
-                                    fps_by_batch[batch][tower], flops_per_sample(model, tower))
+                                    fps_by_batch[batch][tower], flops_per_sample(model, tower), config.dynamic_batch)
         config.log(*shlex.split(records[tower]["command"]))
     return records
 

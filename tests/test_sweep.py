@@ -119,3 +119,11 @@ def test_profile_on_the_stand_in_npu(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Where the time goes on the NPU (msprof)" in report and "of the 280 TFLOP/s peak given" in report
     assert "On the AI CPU (slow path)" in report and "msprof --output=" in report
+
+
+def test_msprof_runs_a_dynamic_batch_om_at_its_gear(tmp_path):
+    from openclip_ascend.npu_profile import msprof_command
+
+    static, dynamic = msprof_command(tmp_path, "m_bs8.om", 8, 5), msprof_command(tmp_path, "m_dynbs.om", 8, 5, True)
+    assert static[:2] == ["msprof", f"--output={tmp_path}"] and "--dymBatch" not in static[2]
+    assert dynamic[2].endswith("--model m_dynbs.om --loop 5 --batchsize 8 --dymBatch 8")
