@@ -34,10 +34,10 @@ def write_aipp_config(path, mean, std, height, width):
     return Path(path)
 
 
-def read_aipp_config(path):
+def parse_aipp_config(text):
     """{key: value} of an AIPP config's ``aipp_op`` block (numbers as floats)."""
     values = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             value = value.strip()
@@ -112,8 +112,8 @@ def estimate(onnx_prefix, prep, batch_size=16):
     pre = manifest.preprocess
     pixels = np.concatenate([np.load(prep / "images" / f"{stem}.npy") for stem in manifest.image_stems])
     tokens = np.concatenate([np.load(prep / "texts" / f"{caption.stem}.npy") for caption in manifest.captions])
-    config = {f"min_chn_{c}": 255.0 * float(m) for c, m in enumerate(pre["mean"])}
-    config.update({f"var_reci_chn_{c}": 1.0 / (255.0 * float(s)) for c, s in enumerate(pre["std"])})
+    # the values as the config atc reads prints them (min_chn to 6 decimals, var_reci_chn to 10)
+    config = parse_aipp_config(aipp_config(pre["mean"], pre["std"], *pre["size"]))
     vision = OnnxRuntimeSession(onnx_path(onnx_prefix, "vision"))
     text = embed_all(OnnxRuntimeSession(onnx_path(onnx_prefix, "text")).run, tokens, batch_size)
     reference = embed_all(vision.run, pixels, batch_size)

@@ -29,7 +29,6 @@ from .files import KitError
 # OutputDataType → numpy (BF16 is widened to float32 by hand)
 DTYPES = {1: np.float32, 2: np.float16, 3: np.int8, 4: np.uint8, 5: np.int16, 6: np.uint16, 7: np.int32, 8: np.int64,
           9: np.uint32, 10: np.uint64, 11: np.bool_, 12: np.float64, 27: "bfloat16"}
-DTYPE_NAMES = {1: "DT_FLOAT", 2: "DT_FLOAT16", 27: "DT_BF16"}
 # OutputFormat values whose memory order is the logical (ONNX) order
 PLAIN_FORMATS = {0: "NCHW", 1: "NHWC", 2: "ND", 26: "MD", 27: "NDHWC", 30: "NCDHW", 34: "CN", 35: "NC", 47: "NCL"}
 NC1HWC0, FRACTAL_NZ = 3, 29

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openclip_ascend.aipp import aipp_config, emulate, estimate, read_aipp_config, to_uint8
+from openclip_ascend.aipp import aipp_config, emulate, estimate, parse_aipp_config, to_uint8
 from openclip_ascend.dataset import Manifest
 from openclip_ascend.files import KitError
 
@@ -29,7 +29,7 @@ def test_uint8_images_round_trip_and_the_config(sample_dir, tmp_path):
         pixels, u8 = np.load(prep / "images" / f"{stem}.npy"), np.load(prep / "images_u8" / f"{stem}.npy")
         assert u8.dtype == np.uint8 and u8.shape == (1, 224, 224, 3)
         assert all(np.array_equal(lut[c][u8[..., c]], pixels[:, c]) for c in range(3))  # exactly step 1's pixels
-    config = read_aipp_config(prep / "aipp.cfg")
+    config = parse_aipp_config((prep / "aipp.cfg").read_text())
     assert config["input_format"] == "RGB888_U8" and config["src_image_size_w"] == 224
     assert config["min_chn_0"] == pytest.approx(255 * pre["mean"][0], abs=1e-5)
     assert config["var_reci_chn_2"] == pytest.approx(1 / (255 * pre["std"][2]), rel=1e-8)
@@ -37,12 +37,11 @@ def test_uint8_images_round_trip_and_the_config(sample_dir, tmp_path):
         to_uint8(np.full((1, 3, 2, 2), 0.123, np.float32), pre["mean"], pre["std"])
 
 
-def test_emulated_aipp_is_close_to_the_float_path_and_costed(prep_dir, tiny_onnx, tmp_path):
+def test_emulated_aipp_is_close_to_the_float_path_and_costed(prep_dir, tiny_onnx):
     pre = Manifest.load(prep_dir / "manifest.json").preprocess
     stem = Manifest.load(prep_dir / "manifest.json").image_stems[0]
     pixels = np.load(prep_dir / "images" / f"{stem}.npy")
-    (tmp_path / "aipp.cfg").write_text(aipp_config(pre["mean"], pre["std"], 224, 224))
-    config = read_aipp_config(tmp_path / "aipp.cfg")
+    config = parse_aipp_config(aipp_config(pre["mean"], pre["std"], 224, 224))
     emulated = emulate(to_uint8(pixels, pre["mean"], pre["std"]), config)
     error = np.abs(emulated - pixels).max()
     assert 0 < error < 0.01  # fp16 steps: not exact, but within fp16's resolution of values up to ~2.2
