@@ -480,7 +480,11 @@ def run_locate_on_npu(job, om, samples, device=0):
     from .files import save_npy
     from .npu_dump import write_acl_json
 
-    folder = job.out_dir / "npu_dump" / f"{job.tower}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = job.out_dir / "npu_dump" / f"{job.tower}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, count = stem, 1
+    while folder.exists():  # two runs in one second never share a dump folder
+        count += 1
+        folder = stem.with_name(f"{stem.name}-{count}")
     acl_json = write_acl_json(folder / "acl.json", folder / "dump", Path(om).name.split(".")[0])
     session = AscendSession(om, device, acl_json_path=acl_json)
     try:
