@@ -102,23 +102,19 @@ def estimate(onnx_prefix, prep, batch_size=16):
     normalisation of the same uint8 images (text fp32 for both). Returns {"float": recall, "aipp": recall,
     "vision_agreement": cosine and max abs diff, "images"}."""
     from .backends import OnnxRuntimeSession
-    from .dataset import Manifest
+    from .dataset import load_prepared
     from .export import onnx_path
     from .metrics import compare_embeddings, evaluate_retrieval
     from .precision import embed_all
 
-    prep = Path(prep)
-    manifest = Manifest.load(prep / "manifest.json")
-    pre = manifest.preprocess
-    pixels = np.concatenate([np.load(prep / "images" / f"{stem}.npy") for stem in manifest.image_stems])
-    tokens = np.concatenate([np.load(prep / "texts" / f"{caption.stem}.npy") for caption in manifest.captions])
+    manifest, arrays, owners = load_prepared(prep)
+    pre, pixels, tokens = manifest.preprocess, arrays["vision"], arrays["text"]
     # the values as the config atc reads prints them (min_chn to 6 decimals, var_reci_chn to 10)
     config = parse_aipp_config(aipp_config(pre["mean"], pre["std"], *pre["size"]))
     vision = OnnxRuntimeSession(onnx_path(onnx_prefix, "vision"))
     text = embed_all(OnnxRuntimeSession(onnx_path(onnx_prefix, "text")).run, tokens, batch_size)
     reference = embed_all(vision.run, pixels, batch_size)
     aipp = embed_all(vision.run, emulate(to_uint8(pixels, pre["mean"], pre["std"]), config), batch_size)
-    owners = [caption.image for caption in manifest.captions]
     return {"float": evaluate_retrieval(reference, text, owners).metrics,
             "aipp": evaluate_retrieval(aipp, text, owners).metrics,
             "vision_agreement": compare_embeddings(reference, aipp), "images": len(pixels)}

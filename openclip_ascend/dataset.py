@@ -83,6 +83,24 @@ class Manifest:
                         unreferenced_images=self.unreferenced_images)
 
 
+def load_prepared(prep, images=0):
+    """Step 1's arrays in manifest order: the first ``images`` images (0: all) and every caption of theirs.
+    Returns (manifest, {"vision": images, "text": tokens}, caption → image index); a folder without a
+    manifest is one line."""
+    import numpy as np
+
+    prep = Path(prep)
+    path = prep / "manifest.json"
+    if not path.is_file():
+        raise KitError(f"{path}: not found; give the folder openclip_preprocess.py wrote")
+    manifest = Manifest.load(path)
+    stems = manifest.image_stems[:images] if images else manifest.image_stems
+    captions = [caption for caption in manifest.captions if caption.image < len(stems)]
+    arrays = {"vision": np.concatenate([np.load(prep / "images" / f"{stem}.npy") for stem in stems]),
+              "text": np.concatenate([np.load(prep / "texts" / f"{caption.stem}.npy") for caption in captions])}
+    return manifest, arrays, [caption.image for caption in captions]
+
+
 def image_stem(file_name):
     """ais_bench cuts a file name at its first dot; the kit names arrays the same way."""
     return Path(file_name).name.split(".", 1)[0]

@@ -16,7 +16,7 @@ ONNX at the usual opsets and the export's parity check guards it:
 import torch
 import torch.nn.functional as F
 
-from .towers import attend, plain_self_attention
+from .towers import attend, standard_block
 
 FRACTAL = 16
 
@@ -26,10 +26,8 @@ def padded_length(tokens, multiple=FRACTAL):
 
 
 def _plain_block(block):
-    from open_clip.transformer import ResidualAttentionBlock
-
-    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
-            and plain_self_attention(block.attn) and isinstance(block.mlp, torch.nn.Sequential))
+    """A standard block (either layout: the rewrite runs its own loop) whose MLP is a plain Sequential."""
+    return standard_block(block) and isinstance(block.mlp, torch.nn.Sequential)
 
 
 def supports(model, tower):

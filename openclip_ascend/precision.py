@@ -125,6 +125,14 @@ def embed_all(run, inputs, batch_size):
                            for i in range(0, len(inputs), batch_size)])
 
 
+def padded_batches(inputs, size):
+    """(batch, samples in it) for ``inputs`` in batches of exactly ``size``, the last padded with its first
+    sample as ais_bench pads a static-batch OM's input."""
+    for start in range(0, len(inputs), size):
+        batch = inputs[start:start + size]
+        yield np.concatenate([batch] + [batch[:1]] * (size - len(batch))), len(batch)
+
+
 def _run_all(session, names, batch):
     session, input_name = session
     return dict(zip(names, session.run(names, {input_name: batch})))
@@ -438,20 +446,13 @@ def export_for_precision(model_name, pretrained, out_dir):
 
 def prepare(prefix, prep, tower, out_dir):
     """The job for ``tower`` of the graphs at ``prefix``, on the preprocessed set in manifest order."""
-    from .dataset import Manifest
+    from .dataset import load_prepared
     from .export import onnx_path
 
-    prep = Path(prep)
-    manifest_path = prep / "manifest.json"
-    if not manifest_path.is_file():
-        raise KitError(f"{manifest_path}: not found; --prep is the folder openclip_preprocess.py wrote")
-    manifest = Manifest.load(manifest_path)
-    arrays = {"vision": [prep / "images" / f"{stem}.npy" for stem in manifest.image_stems],
-              "text": [prep / "texts" / f"{caption.stem}.npy" for caption in manifest.captions]}
-    loaded = {name: np.concatenate([np.load(path) for path in paths]) for name, paths in arrays.items()}
+    _, loaded, owners = load_prepared(prep)
     other = "text" if tower == "vision" else "vision"
     return PrecisionJob(tower, Path(out_dir), onnx_path(prefix, tower), onnx_path(prefix, other), loaded[tower],
-                        loaded[other], [caption.image for caption in manifest.captions])
+                        loaded[other], owners)
 
 
 def run_locate(job, samples):
@@ -488,12 +489,8 @@ def run_locate_on_npu(job, om, samples, device=0):
     acl_json = write_acl_json(folder / "acl.json", folder / "dump", Path(om).name.split(".")[0])
     session = AscendSession(om, device, acl_json_path=acl_json)
     try:
-        size = session.input_shape[0]
-        inputs = job.inputs[:max(samples, 1)]
         batches = []
-        for start in range(0, len(inputs), size):
-            batch = inputs[start:start + size]
-            batch = np.concatenate([batch] + [batch[:1]] * (size - len(batch)))
+        for batch, _ in padded_batches(job.inputs[:max(samples, 1)], session.input_shape[0]):
             session.run(batch)
             save_npy(folder / "inputs" / f"{len(batches)}.npy", batch)
             batches.append(batch)

@@ -92,12 +92,18 @@ def _published_sections(results, run_dir):
     return lines, found
 
 
-def _zeroshot_section(accuracy, dataset):
+def _failed_check_lines(accuracy, consequence):
+    """The bold line for rows whose embeddings failed step 5's check (none when all passed)."""
     failed = failed_checks(accuracy)
+    if not failed:
+        return []
+    return [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed model); "
+            f"{consequence}.", ""]
+
+
+def _zeroshot_section(accuracy, dataset):
     lines = [f"## Zero-shot classification ({dataset}; CLIP_benchmark's acc1, acc5, mean per-class recall)", ""]
-    if failed:
-        lines += [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed model); "
-                  "their figures below mean nothing.", ""]
+    lines += _failed_check_lines(accuracy, "their figures below mean nothing")
     lines += [markdown_table(*zeroshot_table(accuracy)), ""]
     lines += [f"† {r['backend']} bs{r['batch_size']}: {r['tied_images']} images tie their true class with another, "
               "counted as misses" for r in accuracy if r.get("tied_images")]
@@ -134,10 +140,7 @@ def write_report(run_dir):
                      "trained model's accuracy.", ""]
     if (run_dir / "accuracy.json").is_file():
         accuracy = read_json(run_dir / "accuracy.json")
-        failed = failed_checks(accuracy)
-        if failed:
-            sections += [f"**Accuracy check FAILED** for {', '.join(failed)}: degenerate embeddings (a collapsed "
-                         "model); their recall below means nothing.", ""]
+        sections += _failed_check_lines(accuracy, "their recall below means nothing")
         dataset = _dataset(results, "retrieval")
         sections += [f"## Accuracy ({dataset} retrieval, CLIP_benchmark's recall@k)", "",
                      markdown_table(*recall_table(accuracy)), ""]

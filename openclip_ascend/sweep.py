@@ -30,36 +30,19 @@ class SweepOptions:
     min_cosine: float = 0.99
 
 
-def subset(prep, images):
-    """(image arrays, caption arrays, caption → image index) of the first ``images`` images of step 1's
-    manifest (0: all) and every caption of theirs."""
-    from .dataset import Manifest
-
-    manifest = Manifest.load(Path(prep) / "manifest.json")
-    stems = manifest.image_stems[:images] if images else manifest.image_stems
-    captions = [caption for caption in manifest.captions if caption.image < len(stems)]
-    vision = np.concatenate([np.load(Path(prep) / "images" / f"{stem}.npy") for stem in stems])
-    text = np.concatenate([np.load(Path(prep) / "texts" / f"{caption.stem}.npy") for caption in captions])
-    return {"vision": vision, "text": text}, [caption.image for caption in captions]
-
-
 def om_embeddings(om, inputs, device=0, uint8_inputs=None):
     """``inputs`` through a static-batch OM: whole batches, the last padded with its first sample (as
     ais_bench pads) and the padding dropped. An OM that takes uint8 (AIPP) gets ``uint8_inputs``."""
     from .backends import AscendSession
+    from .precision import padded_batches
 
     session = AscendSession(om, device)
-    if session.input_dtype == np.uint8:
-        if uint8_inputs is None:
-            session.close()
-            raise KitError(f"{om} takes uint8 images (AIPP); run the sweep with an aipp variant listed")
-        inputs = uint8_inputs
     try:
-        size, outputs = session.input_shape[0], []
-        for start in range(0, len(inputs), size):
-            batch = inputs[start:start + size]
-            padded = np.concatenate([batch] + [batch[:1]] * (size - len(batch)))
-            outputs.append(session.run(padded)[:len(batch)])
+        if session.input_dtype == np.uint8:
+            if uint8_inputs is None:
+                raise KitError(f"{om} takes uint8 images (AIPP); run the sweep with an aipp variant listed")
+            inputs = uint8_inputs
+        outputs = [session.run(batch)[:count] for batch, count in padded_batches(inputs, session.input_shape[0])]
     finally:
         session.close()
     return np.concatenate(outputs)
@@ -83,7 +66,8 @@ def accuracy_ok(row, reference, options):
 
 
 def choose(rows, reference, options):
-    """(chosen variant name or None, Pareto front names, per-variant summary). A variant qualifies when
+    """(chosen variant name or None, Pareto front names, per-variant summary) against ``reference``, PyTorch's
+    recall on the same subset (the same at every batch size). A variant qualifies when
     every batch size it ran keeps the accuracy bounds; the front holds the variants no other matches or
     beats on speed, worst recall@5 gap and worst cosine at once."""
     largest = max(row["batch_size"] for row in rows) if rows else None
@@ -91,8 +75,8 @@ def choose(rows, reference, options):
     for row in rows:
         entry = summary.setdefault(row["variant"], {"variant": row["variant"], "ok": True, "speed": (0.0, 0.0),
                                                     "gap": 0.0, "cosine": 1.0})
-        entry["ok"] &= accuracy_ok(row, reference[row["batch_size"]], options)
-        entry["gap"] = max(entry["gap"], *(abs(row["metrics"][k] - reference[row["batch_size"]][k]) for k in RECALL_KEYS))
+        entry["ok"] &= accuracy_ok(row, reference, options)
+        entry["gap"] = max(entry["gap"], *(abs(row["metrics"][k] - reference[k]) for k in RECALL_KEYS))
         entry["cosine"] = min(entry["cosine"], *row["min_cosine"].values())
         if row["batch_size"] == largest:
             entry["speed"] = (row["fps"]["vision"], row["fps"]["text"])
@@ -121,6 +105,7 @@ def run_sweep(config, options):
     from .atc import run_jobs
     from .atc_presets import variant_jobs
     from .backends import TorchSession
+    from .dataset import load_prepared
     from .export import export_npu_graphs, onnx_path
     from .metrics import compare_embeddings, evaluate_retrieval
     from .npu import detect_soc_version
@@ -135,17 +120,15 @@ def run_sweep(config, options):
                    config.pretrained, "--onnx-prefix", prefix, "--npu-graph")
         export_npu_graphs(load_model(config.model_name, config.pretrained), prefix)
     soc, _, _ = detect_soc_version(config.soc_version)
-    inputs, owners = subset(config.prep, options.accuracy_subset)
+    manifest, inputs, owners = load_prepared(config.prep, options.accuracy_subset)
     aipp_config = uint8 = None
     if any("aipp" in v.parts for v in options.variants):
         from .aipp import prepare_uint8, to_uint8
-        from .dataset import Manifest
 
         config.log("python", "openclip_preprocess.py", "--data-dir", config.data_dir or config.output_dir / "sample",
                    "--save-dir", config.prep, "--model-name", config.model_name, "--uint8")
         aipp_config = prepare_uint8(config.prep)
-        preprocess = Manifest.load(config.prep / "manifest.json").preprocess
-        uint8 = to_uint8(inputs["vision"], preprocess["mean"], preprocess["std"])
+        uint8 = to_uint8(inputs["vision"], manifest.preprocess["mean"], manifest.preprocess["std"])
     torch_embeds = {tower: embed_all(TorchSession(config.model_name, config.pretrained, tower).run, inputs[tower], 16)
                     for tower in ("vision", "text")}
     torch_metrics = evaluate_retrieval(torch_embeds["vision"], torch_embeds["text"], owners).metrics
@@ -168,14 +151,13 @@ def run_sweep(config, options):
             fps, noisy = {}, {}
             for tower, om in oms.items():
                 fps[tower], noisy[tower] = throughput(om, batch, config.perf_loops, device, out_dir / "perf")
+            metrics = evaluate_retrieval(embeds["vision"], embeds["text"], owners).metrics
             rows.append({"variant": variant.name, "tag": variant.tag, "batch_size": batch, "fps": fps, "noisy": noisy,
-                         "metrics": {key: evaluate_retrieval(embeds["vision"], embeds["text"], owners).metrics[key]
-                                     for key in RECALL_KEYS},
+                         "metrics": {key: metrics[key] for key in RECALL_KEYS},
                          "min_cosine": {tower: compare_embeddings(torch_embeds[tower], embeds[tower])["min_cosine"]
                                         for tower in oms},
                          "oms": {tower: str(om) for tower, om in oms.items()}})
-    reference = {batch: torch_metrics for batch in config.batch_sizes}
-    chosen, front, summary = choose(rows, reference, options)
+    chosen, front, summary = choose(rows, torch_metrics, options)
     for row in rows:
         row["accuracy_ok"] = accuracy_ok(row, torch_metrics, options)
     record = {"variants": [v.name for v in options.variants], "soc_version": soc, "rows": rows, "failures": failures,

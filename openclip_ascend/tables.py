@@ -40,9 +40,13 @@ def recall_table(results):
     headers = ["backend", "batch size"] + [label for _, label in columns] + ["check"]
     rows = [[r["backend"], r.get("batch_size", "")]
             + [f"{r['metrics'][key]:.4f}" + ("†" if key in r.get("ties", {}) else "") for key, _ in columns]
-            + ["**FAILED**: degenerate embeddings" if r.get("check") == "failed" else "passed"]
-            for r in results]
+            + [check_cell(r)] for r in results]
     return headers, rows
+
+
+def check_cell(result):
+    """Step 5's verdict on a row's embeddings, as its tables show it."""
+    return "**FAILED**: degenerate embeddings" if result.get("check") == "failed" else "passed"
 
 
 def tie_footnotes(results):
@@ -116,7 +120,7 @@ def zeroshot_table(accuracy):
         rows.append([r["backend"], r["batch_size"]] + [f"{r['metrics'][key]:.4f}{tie}" for key in
                                                          ("acc1", "acc5", "mean_per_class_recall")]
                     + [f"{agreement[t]['min_cosine']:.6f}" if t in agreement else "" for t in ("vision", "text")]
-                    + ["**FAILED**: degenerate embeddings" if r.get("check") == "failed" else "passed"])
+                    + [check_cell(r)])
     return headers, rows
 
 

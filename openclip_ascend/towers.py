@@ -76,12 +76,17 @@ def trims_exactly(model):
             and getattr(model, "text_pool_type", "argmax") == "argmax")
 
 
-def _plain_block(block):
-    """Whether ``block`` is open_clip's standard pre-norm self-attention block over batch-first input."""
+def standard_block(block):
+    """Whether ``block`` is open_clip's standard pre-norm self-attention block (either layout)."""
     from open_clip.transformer import ResidualAttentionBlock
 
     return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
-            and plain_self_attention(block.attn) and block.attn.batch_first)
+            and plain_self_attention(block.attn))
+
+
+def _plain_block(block):
+    """A standard block over batch-first input (open_clip ≥ 2.27)."""
+    return standard_block(block) and block.attn.batch_first
 
 
 def _pools_class_token(visual):
