@@ -188,8 +188,10 @@ def chosen_line(record):
     bound = f"recall@5 within {record['recall_bound']:g} of PyTorch and cosine ≥ {record['min_cosine_bound']:g}"
     if record["chosen"] is None:
         return f"no variant kept the accuracy bounds ({bound}); keep the reference flags"
+    noisy = any(any(row["noisy"].values()) for row in record["rows"])
     return (f"chosen: {record['chosen']} — the fastest variant with {bound} on {record['accuracy_subset']['images']} "
-            f"images; Pareto front: {', '.join(record['pareto_front'])}")
+            f"images; Pareto front: {', '.join(record['pareto_front'])}"
+            + ("; some timings are noisy (marked): the choice may change on an idle NPU" if noisy else ""))
 
 
 def sweep_section(record):
