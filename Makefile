@@ -1,18 +1,31 @@
 # `make demo` and `make test` work on a fresh machine: each creates .venv and installs what it needs.
+# On an Ascend host, USE_HOST_PACKAGES=1 PYTHON=/path/to/the/python/you/use/with/CANN makes .venv-host instead:
+# it sees that Python's packages (ais_bench, aclruntime, torch, torch_npu) and installs only what is missing.
 PYTHON ?= python3
+USE_HOST_PACKAGES ?= 0
+ifeq ($(USE_HOST_PACKAGES),1)
+VENV ?= .venv-host
+VENV_FLAGS := --system-site-packages
+else
 VENV ?= .venv
+VENV_FLAGS :=
+endif
 PY := $(VENV)/bin/python
-OUT ?= outputs/demo
 BATCH_SIZES ?= 1,4,8
 # The floor lane: Python 3.9 with the lowest versions requirements.txt admits (requirements-floor.txt)
 FLOOR_PYTHON ?= $(shell command -v python3.9 >/dev/null 2>&1 && python3.9 -c 'import sys; print(sys.executable)' 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.9*/bin/python 2>/dev/null | tail -1)
 FLOOR_VENV ?= .venv-floor
 
-.PHONY: demo test test-floor lint ci run clean
+.PHONY: demo test test-floor lint ci run doctor clean
 
 $(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+ifeq ($(USE_HOST_PACKAGES),1)
+	$(PY) -m openclip_ascend.host_packages > $(VENV)/host-constraints.txt
+	$(PY) -m pip install -r requirements.txt -c $(VENV)/host-constraints.txt
+else
 	$(PY) -m pip install -r requirements.txt
+endif
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -28,7 +41,7 @@ $(FLOOR_VENV)/.installed: requirements-floor.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	OUT=$(OUT) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 TASK=retrieval,zeroshot PYTHON=$(PY) bash steps/run_all.sh
+	OUT=$(or $(OUT),outputs/demo) BATCH_SIZES=$(BATCH_SIZES) INT8=1 FP16_ESTIMATE=1 TASK=retrieval,zeroshot PYTHON=$(PY) bash steps/run_all.sh
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
@@ -43,12 +56,16 @@ lint: $(VENV)/.installed-dev
 # what CI runs: lint, then both lanes
 ci: lint test test-floor
 
-# Real data: make run DATA_DIR=flickr30k PRETRAINED=open_clip_pytorch_model.bin [MODEL_NAME=ViT-B-32]
+# Real data: make run DATA_DIR=flickr30k [PRETRAINED=checkpoint file or tag] [MODEL_NAME=ViT-B-32] [OUT=…]
 MODEL_NAME ?= ViT-B-32
 run: $(VENV)/.installed
-	@test -n "$(DATA_DIR)" || { echo "make run needs DATA_DIR=<flickr30k folder> PRETRAINED=<checkpoint>"; exit 2; }
-	OUT=$(or $(RUN_OUT),outputs/$(MODEL_NAME)) DATA_DIR=$(DATA_DIR) MODEL_NAME=$(MODEL_NAME) \
+	@test -n "$(DATA_DIR)" || { echo "make run needs DATA_DIR=<flickr30k folder> (PRETRAINED: a checkpoint file or tag, default laion2b_s34b_b79k)"; exit 2; }
+	OUT=$(or $(OUT),outputs/$(MODEL_NAME)) DATA_DIR=$(DATA_DIR) MODEL_NAME=$(MODEL_NAME) \
 		PRETRAINED=$(PRETRAINED) BATCH_SIZES=$(BATCH_SIZES) PYTHON=$(PY) bash steps/run_all.sh
+
+# Will a run work here, and on which path? (a minute; doctor.json in outputs/doctor)
+doctor: $(VENV)/.installed
+	$(PY) openclip_doctor.py
 
 clean:
 	rm -rf outputs

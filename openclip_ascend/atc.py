@@ -91,6 +91,13 @@ PRECISION_PRESETS = {
     "fp32": ["--precision_mode=must_keep_origin_dtype"],
     "mixed": ["--precision_mode=force_fp16"],  # plus --keep_dtype: LayerNorm, Softmax and the head in fp32
 }
+# the values GE's option check accepts (ge compiler/api/aclgrph/option_utils.cc, api/atc/cmd_flag_info.cc);
+# atc refuses any other with E10001
+ATC_PRECISION_MODES = ("force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
+                       "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
+                       "allow_fp32_to_bf16")
+ATC_PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
+                          "mixed_hif8")
 LAYERNORM_SCOPE = re.compile(r"^(ln(_\w+)?|(layer_?)?norm\w*)$", re.IGNORECASE)
 
 
@@ -170,18 +177,47 @@ def check_keep_dtype(names, path):
                        f"{missing[0]}); re-run convert on the graph it was made from")
 
 
-def parse_precision(value, graphs):
-    """``mixed`` for every graph, or ``vision=mixed,text=fp16`` per tower (a text length variant takes
-    the text tower's) → {graph: preset or atc mode}."""
-    towers = sorted({base_tower(graph) for graph in graphs})
+def check_precision_mode(mode):
+    """ValueError unless ``mode`` is a kit preset, ``keep:FILE`` with FILE present, or a mode atc accepts."""
+    if mode in PRECISION_PRESETS or mode in ATC_PRECISION_MODES:
+        return
+    if is_keep_file(mode):
+        if not Path(mode[len(KEEP_FILE):]).is_file():
+            raise ValueError(f"{mode[len(KEEP_FILE):]} not found; write it with openclip_precision.py search")
+        return
+    raise ValueError(f"{mode!r} is neither a preset ({', '.join(PRECISION_PRESETS)}, keep:FILE) nor a mode atc "
+                     f"accepts ({', '.join(ATC_PRECISION_MODES)})")
+
+
+def precision_by_tower(value, towers=TOWERS):
+    """``mixed`` for every tower, or ``vision=mixed,text=fp16`` → {tower: mode or None}; ValueError for a
+    value atc or the kit would refuse."""
     chosen = {tower: value or None for tower in towers}
-    if value and "=" in value:
+    if value and "=" in value and not is_keep_file(value):
         chosen = {tower: None for tower in towers}
         for part in value.split(","):
             tower, _, mode = part.partition("=")
             if tower.strip() not in chosen or not mode.strip():
-                raise KitError(f"--precision-mode {value!r}: write MODE, or TOWER=MODE pairs for the towers {towers}")
+                raise ValueError(f"write MODE, or TOWER=MODE pairs for the towers {', '.join(towers)}")
             chosen[tower.strip()] = mode.strip()
+    for mode in chosen.values():
+        if mode:
+            check_precision_mode(mode)
+    return chosen
+
+
+def check_precision_syntax(value):
+    """The pipeline's PRECISION checked before anything runs (ValueError with what is accepted)."""
+    precision_by_tower(value)
+
+
+def parse_precision(value, graphs):
+    """``mixed`` for every graph, or ``vision=mixed,text=fp16`` per tower (a text length variant takes
+    the text tower's) → {graph: preset or atc mode}."""
+    try:
+        chosen = precision_by_tower(value, sorted({base_tower(graph) for graph in graphs}))
+    except ValueError as exc:
+        raise KitError(f"--precision-mode {value}: {exc}") from exc
     return {graph: chosen[base_tower(graph)] for graph in graphs}
 
 
@@ -189,6 +225,8 @@ def precision_args(precision_mode=None, precision_mode_v2=None, keep_dtype_file=
     if precision_mode and precision_mode_v2:
         raise KitError("--precision-mode and --precision-mode-v2 cannot be combined: atc takes one of them")
     if precision_mode_v2:
+        if precision_mode_v2 not in ATC_PRECISION_MODES_V2:
+            raise KitError(f"--precision-mode-v2 {precision_mode_v2}: atc accepts {', '.join(ATC_PRECISION_MODES_V2)}")
         return [f"--precision_mode_v2={precision_mode_v2}"]
     if precision_mode in PRECISION_PRESETS:
         extra = [f"--keep_dtype={keep_dtype_file}"] if precision_mode == "mixed" else []

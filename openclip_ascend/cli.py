@@ -11,8 +11,29 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # unwind like Ctrl-C, so temporary files are removed on the way out
 
 
+# exit codes: 0 success, 1 a check failed (its outputs written), 2 a problem the user can fix (one line),
+# 3 an unexpected error (a bug in the kit or a tool it runs: traceback printed), 130 interrupted
+EXIT_CHECK_FAILED, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 130
+# modules the kit imports → the distribution that provides them (requirements.txt)
+DISTRIBUTIONS = {"numpy": "numpy", "PIL": "Pillow", "torch": "torch", "torchvision": "torchvision",
+                 "open_clip": "open_clip_torch", "onnx": "onnx", "onnxruntime": "onnxruntime",
+                 "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib"}
+
+
+def missing_module_message(exc):
+    """One line for a requirement this Python lacks (e.g. the system python3 instead of the kit's .venv)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in DISTRIBUTIONS:
+        return None
+    return (f"{sys.executable} has no module {top!r} ({DISTRIBUTIONS[top]}), one of the kit's requirements; run "
+            "with the Python that has them (`make demo` or `make test` creates .venv: PYTHON=.venv/bin/python), "
+            f"or install them into this one: {sys.executable} -m pip install -r requirements.txt")
+
+
 def run(main):
-    """Call ``main()``; a KitError becomes one line on stderr and exit code 2, Ctrl-C or SIGTERM exit 130."""
+    """Call ``main()`` and exit with the kit's codes: a KitError (or a missing requirement) is one line on
+    stderr and exit 2; Ctrl-C or SIGTERM exit 130; any other exception is a bug: its traceback, then one
+    line, exit 3 — distinct from a failed check's 1, so ``steps/run_all.sh`` stops on it."""
     from .stack import check_versions
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -21,11 +42,28 @@ def run(main):
         result = main()
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept, no output is half-written", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except ModuleNotFoundError as exc:
+        message = missing_module_message(exc)
+        if message is None:
+            _unexpected()
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception:  # the last resort: said as a bug, with its own exit code
+        _unexpected()
     sys.exit(result or 0)
+
+
+def _unexpected():
+    import traceback
+
+    traceback.print_exc()
+    print(f"error: unexpected failure (exit {EXIT_UNEXPECTED}): a bug in the kit or in a tool it runs, not a setting "
+          "to change; please report it with the traceback above", file=sys.stderr)
+    sys.exit(EXIT_UNEXPECTED)
 
 
 def print_result(result):

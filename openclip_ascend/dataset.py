@@ -129,7 +129,7 @@ class Problems:
 
     def report(self, item, reason, advice):
         if self.on_error == "stop":
-            raise KitError(f"{item}: {reason}; {advice} (or pass --on-error skip to leave it out and go on)")
+            raise KitError(f"{item}: {reason}; {advice} (or --on-error skip / ON_ERROR=skip to leave it out and go on)")
         self.skipped.append({"item": str(item), "reason": reason})
 
 

@@ -7,11 +7,20 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 
 class KitError(Exception):
     """A problem the user can fix: printed as one line naming the file or value, no traceback."""
+
+
+def _process_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# outputs get the permissions any other tool's files get (0644 under the usual umask 022), not
+# mkstemp's private 0600: report.md, arrays and JSON are meant to be read by others
+FILE_MODE = 0o666 & ~_process_umask()
 
 
 @contextlib.contextmanager
@@ -26,6 +35,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,6 +55,8 @@ def staging_dir(path):
 
 def save_npy(path, array):
     """Write ``array`` as ``.npy`` atomically (np.save would append a suffix to a temp name)."""
+    import numpy as np
+
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
 

@@ -1,13 +1,17 @@
-"""Loading open_clip models offline: the bundled tiny model, local checkpoints, cached tags.
+"""Loading open_clip models: the bundled tiny model, local checkpoints, pretrained tags.
 
-The kit never downloads weights: a tag is used only when its file is already in the local
-Hugging Face cache, otherwise the error says which file to fetch and how to pass it.
+A tag resolves as the reference scripts resolve it, through open_clip and huggingface_hub: from the
+local cache, else downloaded (with huggingface_hub's progress bar) from the hub or the mirror
+``HF_ENDPOINT`` names, into the cache ``HF_HOME`` / ``HF_HUB_CACHE`` name. Offline (``HF_HUB_OFFLINE=1``)
+or unreachable, the error is one line with the file's URL and how to pass it instead.
 """
 
 import contextlib
 import logging
+import os
 import posixpath
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import KitError
@@ -84,36 +88,90 @@ def check_model_name(model_name):
 
 
 def _hf_location(tag_cfg):
-    """(repo id, weight file names to try) of a tag on the Hugging Face hub, read as open_clip reads it."""
+    """(repo id, weight file names in the order open_clip tries them) of a tag on the Hugging Face hub."""
     repo_id, file_name = posixpath.split(tag_cfg["hf_hub"])
     return repo_id, ([file_name] if file_name else list(_WEIGHT_FILES))
 
 
-def resolve_checkpoint(model_name, pretrained):
-    """Path of the weights to load, or None for random weights (``pretrained`` empty or ``none``)."""
+@dataclass
+class Weights:
+    """Where ``--pretrained`` points: ``file`` (a local checkpoint), ``cache`` (a tag already downloaded),
+    ``download`` (a tag to fetch from ``url``) or ``random`` (``none``)."""
+
+    source: str
+    path: Path = None
+    url: str = ""
+    tag_cfg: dict = None
+
+
+def locate_weights(model_name, pretrained):
+    """Where the weights ``pretrained`` names are, without downloading anything."""
     if not pretrained or is_random_weights(pretrained):
-        return None
+        return Weights("random")
     if Path(pretrained).is_file():
-        return Path(pretrained)
+        return Weights("file", Path(pretrained))
     open_clip = check_model_name(model_name)
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-        raise KitError(f"--pretrained {pretrained!r}: no such file, and not a pretrained tag of {model_name} "
+        hint = " (a file path? it does not exist)" if any(sep in pretrained for sep in "/\\.") else ""
+        raise KitError(f"--pretrained {pretrained!r}: no such file{hint}, and not a pretrained tag of {model_name} "
                        f"(its tags: {tags}); pass a local checkpoint file")
-    if tag_cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
+    if tag_cfg.get("hf_hub") and (_hub_first(open_clip) or not tag_cfg.get("url")):
+        from huggingface_hub import hf_hub_url, try_to_load_from_cache
 
         repo_id, names = _hf_location(tag_cfg)
         for name in names:
             cached = try_to_load_from_cache(repo_id, name)
             if isinstance(cached, str) and Path(cached).is_file():
-                return Path(cached)
-        source = f"https://huggingface.co/{repo_id}/resolve/main/{names[-1]}"
-    else:
-        source = tag_cfg.get("url", "the URL listed by open_clip.get_pretrained_cfg")
-    raise KitError(f"--pretrained {pretrained}: the weights of {model_name}/{pretrained} are not on this machine "
-                   f"and this kit never downloads; fetch {source} and pass --pretrained /path/to/that/file")
+                return Weights("cache", Path(cached), tag_cfg=tag_cfg)
+        return Weights("download", url=hf_hub_url(repo_id, names[-1]), tag_cfg=tag_cfg)
+    url = tag_cfg.get("url", "")
+    cached = Path(os.path.expanduser("~/.cache/clip")) / posixpath.basename(url)  # open_clip's cache for URLs
+    if url and cached.is_file():
+        return Weights("cache", cached, tag_cfg=tag_cfg)
+    return Weights("download", url=url or "the URL open_clip.get_pretrained_cfg lists", tag_cfg=tag_cfg)
+
+
+def _hub_first(open_clip):
+    """Whether this open_clip downloads a tag that has both a hub repo and a URL from the hub (3.x:
+    ``prefer_hf_hub``) or from the URL (2.x, unless forced)."""
+    import inspect
+
+    return "prefer_hf_hub" in inspect.signature(open_clip.pretrained.download_pretrained).parameters
+
+
+def hub_offline():
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_checkpoint(model_name, pretrained):
+    """Path of the weights to load, or None for random weights (``pretrained`` empty or ``none``); a tag
+    not yet cached is downloaded here, as open_clip downloads it for the reference scripts."""
+    weights = locate_weights(model_name, pretrained)
+    if weights.source == "random":
+        return None
+    if weights.source != "download":
+        return weights.path
+    fetch = f"fetch {weights.url} and pass --pretrained /path/to/that/file"
+    if hub_offline():
+        raise KitError(f"--pretrained {pretrained}: the weights of {model_name}/{pretrained} are not on this machine "
+                       f"and HF_HUB_OFFLINE=1 forbids downloading them; {fetch}, or unset HF_HUB_OFFLINE")
+    from open_clip.pretrained import download_pretrained
+
+    print(f"downloading {model_name}/{pretrained} from {weights.url}", file=sys.stderr)
+    try:
+        path = download_pretrained(weights.tag_cfg)
+    except Exception as exc:  # open_clip wraps every hub or network error in its own types
+        cause = " ".join(str(exc).split())[:300]
+        raise KitError(f"--pretrained {pretrained}: downloading {weights.url} failed ({cause}); check the network or "
+                       "point HF_ENDPOINT at a Hugging Face mirror (e.g. HF_ENDPOINT=https://hf-mirror.com), or "
+                       f"{fetch}") from exc
+    if not path or not Path(path).is_file():
+        raise KitError(f"--pretrained {pretrained}: open_clip returned no file for {weights.url}; {fetch}")
+    return Path(path)
 
 
 def _load_checkpoint(open_clip, model, checkpoint):
@@ -132,7 +190,7 @@ def _load_checkpoint(open_clip, model, checkpoint):
 
 
 def load_model(model_name, pretrained=None, **overrides):
-    """Build ``model_name`` in eval mode with the weights ``pretrained`` names (file or cached tag).
+    """Build ``model_name`` in eval mode with the weights ``pretrained`` names (a file, or a tag: cached or downloaded).
 
     ``overrides`` replace top-level config entries (e.g. a ``vision_cfg`` with fewer layers), as
     open_clip's ``create_model(**model_kwargs)`` does. ``pretrained`` None builds random weights for

@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +69,14 @@ class RunConfig:
     zeroshot_dataset: str = None  # built-in class names and templates: imagenet1k, cifar10, cifar100
     classnames: Path = None  # one class name per line (label order)
     templates: Path = None  # one prompt template per line, {c} for the class name
+    on_error: str = "stop"  # a bad image or caption line in step 1: stop, or skip it (recorded in the manifest)
+    stale: dict = None  # after --reconfigure: {"from_step", "changed"} until those steps are made again
     commands: list = field(default_factory=list)  # equivalent CLI commands, for the record
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
         self.pretrained = default_pretrained(self.model_name, self.pretrained)
+        self.tasks, self.batch_sizes = tuple(self.tasks), tuple(self.batch_sizes)
         unknown = [task for task in self.tasks if task not in TASK_INPUTS]
         if unknown or not self.tasks:
             raise KitError(f"TASK={','.join(self.tasks)}: the tasks are {' and '.join(TASK_INPUTS)} (comma-separated)")
@@ -80,6 +84,10 @@ class RunConfig:
     @property
     def random_weights(self):
         return is_random_weights(self.pretrained)
+
+    @property
+    def resolved_backend(self):
+        return resolve_backend(self.backend)[0]
 
     @property
     def prep(self):
@@ -104,26 +112,45 @@ class RunConfig:
         print(f"$ {line}")
 
 
-def ascend_tools_missing():
-    """Which of npu-smi, atc and ais_bench's InferSession this machine lacks."""
-    missing = [tool for tool in ("npu-smi", "atc") if shutil.which(tool) is None]
+ASCEND_FIXES = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools release page) into this Python and "
+                "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` for atc")
+
+
+def _importable(module):
     try:
-        found = importlib.util.find_spec("ais_bench.infer.interface") is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
-        found = False
-    return missing + ([] if found else ["ais_bench"])
+        return False
+
+
+def ascend_tools_missing(soc_version=None):
+    """Which of the tools the NPU path needs this Python and PATH lack: npu-smi (unless the soc version is
+    given), atc, ais_bench's InferSession and aclruntime, its back end."""
+    missing = [tool for tool in ("npu-smi", "atc") if shutil.which(tool) is None
+               and not (tool == "npu-smi" and soc_version)]
+    missing += [] if _importable("ais_bench.infer.interface") else ["ais_bench"]
+    return missing + ([] if _importable("aclruntime") else ["aclruntime"])
+
+
+def missing_tools_error(missing, where):
+    return KitError(f"{where} {', '.join(missing)} missing for {sys.executable} and this PATH; {ASCEND_FIXES} — or "
+                    "BACKEND=onnxruntime (--backend onnxruntime) to run the CPU fallback on purpose")
 
 
 def resolve_backend(requested):
-    """(backend, reason): ``auto`` takes the NPU when npu-smi, atc and ais_bench are all present."""
+    """(backend, reason). ``auto`` takes the NPU where ``npu-smi`` is, and then needs every NPU tool: on an
+    NPU host a missing ais_bench, aclruntime or atc is an error, never a silent CPU run; without npu-smi
+    it is ONNX Runtime on the CPU."""
     if requested in ("ascend", "onnxruntime"):
-        return requested, "as requested"
+        return requested, "as set"
     if requested != "auto":
         raise KitError(f"BACKEND={requested!r}: choose auto, ascend or onnxruntime")
+    if shutil.which("npu-smi") is None:
+        return "onnxruntime", "no npu-smi here: ONNX Runtime on the CPU, same outputs"
     missing = ascend_tools_missing()
     if missing:
-        return "onnxruntime", f"no {', '.join(missing)} here: ONNX Runtime on the CPU, same outputs"
-    return "ascend", "npu-smi, atc and ais_bench found"
+        raise missing_tools_error(missing, "BACKEND=auto found npu-smi (an NPU host), but")
+    return "ascend", "npu-smi, atc, ais_bench and aclruntime found"
 
 
 def backends_of(config):
@@ -148,10 +175,12 @@ def _preprocess_retrieval(config):
         print(f"no data dir given: generated the sample set in {data_dir}")
     dataset = config.dataset if config.data_dir is not None else "flickr30k"
     config.log("python", "openclip_preprocess.py", "--data-dir", data_dir, "--save-dir", config.prep,
-               "--model-name", config.model_name, *(["--dataset", dataset] if dataset != "flickr30k" else []))
+               "--model-name", config.model_name, *(["--dataset", dataset] if dataset != "flickr30k" else []),
+               *(["--on-error", config.on_error] if config.on_error != "stop" else []))
     manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers,
-                                  dataset=dataset)
-    return {"dataset": dataset, "images": len(manifest.images), "captions": len(manifest.captions)}
+                                  on_error=config.on_error, dataset=dataset)
+    return {"dataset": dataset, "images": len(manifest.images), "captions": len(manifest.captions),
+            "skipped": len(manifest.skipped)}
 
 
 def _preprocess_zeroshot(config):
@@ -539,7 +568,7 @@ def _profile(config, fps_by_batch):
 def step_report(config):
     from .report import write_report
 
-    path, published = write_report(config.output_dir)
+    path, published = write_report(config.output_dir, config.stale)
     print(f"report: {path}")
     return {"path": str(path), "published": published}
 
@@ -556,12 +585,51 @@ def _other_tasks_commands(config, lines):
     return [line for line in lines if task_of(line) not in config.tasks]
 
 
-def run_steps(config, steps=tuple(STEPS)):
-    """Run the numbered steps in order; returns {step name: its result}, also in ``results.json``."""
+MODEL_STEPS = (2, 4, 6)  # steps that load the weights (export; the PyTorch reference; profile FLOP)
+
+
+def preflight(config, steps):
+    """Everything a run needs, checked before any step runs or anything is written: the steps, the
+    NPU tools the chosen backend needs (all missing ones named at once), the data folders, and the
+    weights — a tag not yet cached is downloaded now, not after step 1 has preprocessed everything."""
+    from .models import locate_weights, resolve_checkpoint
+
     unknown = [number for number in steps if number not in STEPS]
-    if unknown:  # before anything runs or is written
+    if unknown:
         raise KitError(f"step {unknown[0]}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
     backend, reason = resolve_backend(config.backend)
+    if backend == "ascend" and {3, 4, 6} & set(steps):
+        missing = ascend_tools_missing(config.soc_version)
+        if missing:
+            where = f"BACKEND={config.backend} needs the NPU tools for steps {','.join(map(str, sorted({3, 4, 6} & set(steps))))}"
+            raise missing_tools_error([tool + (" (or SOC_VERSION)" if tool == "npu-smi" else "") for tool in missing],
+                                      f"{where}, but")
+    if 1 in steps:
+        _check_data(config)
+    locate_weights(config.model_name, config.pretrained)
+    loads_model = 2 in steps or (config.reference and {4, 6} & set(steps)) or (config.profile and 6 in steps)
+    if loads_model:
+        resolve_checkpoint(config.model_name, config.pretrained)
+    return backend, reason
+
+
+def _check_data(config):
+    """The data folders step 1 reads, read as step 1 reads them: a layout problem stops the run before it starts."""
+    from .dataset import Problems, read_dataset
+    from .zeroshot import load_set
+
+    if "retrieval" in config.tasks and config.data_dir is not None:
+        read_dataset(Path(config.data_dir), config.dataset, Problems(config.on_error))
+    if "zeroshot" in config.tasks and config.zeroshot_dir is not None:
+        load_set(config.zeroshot_dir, config.zeroshot_dataset, config.classnames, config.templates)
+
+
+def run_steps(config, steps=tuple(STEPS)):
+    """Run the numbered steps in order; returns {step name: its result}, also in ``results.json``; the
+    run's settings are kept in ``settings.json`` once a step has finished with them."""
+    from .settings import record
+
+    backend, reason = preflight(config, steps)
     print(f"backend: {backend} ({reason})" + (" + PyTorch reference" if config.reference else ""))
     results_path = config.output_dir / "results.json"
     results = read_json(results_path) if results_path.is_file() else {}
@@ -580,4 +648,5 @@ def run_steps(config, steps=tuple(STEPS)):
                                         if number in PER_TASK_STEPS else []) + config.commands[first:]
         results.setdefault("seconds", {})[STEP_NAMES[number]] = round(time.perf_counter() - start, 2)
         write_json(results_path, results)
+        record(config, [number])
     return results

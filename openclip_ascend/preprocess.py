@@ -186,6 +186,11 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     failed = {str(source) for source in failures}
     manifest = manifest.without_images([name for name in manifest.images if str(data_dir / name) in failed])
 
+    if not manifest.images or not manifest.captions:
+        left = "no image" if not manifest.images else "no caption"
+        raise KitError(f"{data_dir}: {left} left to evaluate ({len(problems.skipped)} items skipped: "
+                       f"{problems.skipped[0]['item'] if problems.skipped else 'none'} first); fix the data folder — "
+                       "recall over an empty set means nothing")
     tokens = tokenizer([caption.text for caption in manifest.captions])
     for caption, row in zip(tqdm(manifest.captions, desc="texts", unit="caption"), tokens):
         target = save_dir / "texts" / f"{caption.stem}.npy"

@@ -92,6 +92,16 @@ def _published_sections(results, run_dir):
     return lines, found
 
 
+def _stale_lines(stale):
+    """The banner for outputs made before a ``--reconfigure`` changed the settings they depend on."""
+    if not stale or stale["from_step"] >= 7:  # only the report itself was stale: it is being written now
+        return []
+    changed = ", ".join(f"{name} {old} → {new}" for name, (old, new) in stale["changed"].items())
+    first = stale["from_step"]
+    return [f"**Stale figures**: the settings changed with `--reconfigure` ({changed}); the outputs of steps "
+            f"{first}–7 below were made with the earlier ones. Re-run `--steps {first}-7` to make them again.", ""]
+
+
 def _failed_check_lines(accuracy, consequence):
     """The bold line for rows whose embeddings failed step 5's check (none when all passed)."""
     failed = failed_checks(accuracy)
@@ -129,8 +139,9 @@ def _precision_search_section(searched):
             "0.99); step 3 compiles with it (`PRECISION=keep:FILE`). See `precision/` for every node's error.", ""]
 
 
-def write_report(run_dir):
-    """``report.md`` from what the steps left in ``run_dir``; returns (path, the published figures shown)."""
+def write_report(run_dir, stale=None):
+    """``report.md`` from what the steps left in ``run_dir``; returns (path, the published figures shown).
+    ``stale``: the run's stale steps after a ``--reconfigure`` (settings.stale), said at the top."""
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
     sections = [f"# {results.get('model_name', 'model')} — accuracy and speed report", ""]
@@ -138,6 +149,7 @@ def write_report(run_dir):
     if results.get("random_weights"):
         sections += ["**Random weights** (`--pretrained none`): no figure in this report says anything about a "
                      "trained model's accuracy.", ""]
+    sections += _stale_lines(stale)
     if (run_dir / "accuracy.json").is_file():
         accuracy = read_json(run_dir / "accuracy.json")
         sections += _failed_check_lines(accuracy, "their recall below means nothing")

@@ -53,14 +53,20 @@ def read_image_folder(root):
     root = Path(root)
     if not root.is_dir():
         raise KitError(f"--data-dir {root}: not a folder; give ROOT with one sub-folder of images per class")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files, labels = [], []
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ipynb_checkpoints
+    files, labels, empty = [], [], []
     for label, folder in enumerate(folders):
         images = sorted(p for p in (root / folder).iterdir() if p.suffix in IMAGE_SUFFIXES)
         files += images
         labels += [label] * len(images)
+        if not images:
+            empty.append(folder)
     if not files:
         raise KitError(f"--data-dir {root}: no class folders with images (ROOT/<class>/*.jpg)")
+    if empty:  # an image-less class would still get a prompt and change everyone's accuracy
+        raise KitError(f"{root}: class folders without images: {', '.join(empty[:5])}"
+                       f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''}; put images in them or move them "
+                       "out of the data folder (hidden folders are ignored)")
     return folders, files, labels
 
 

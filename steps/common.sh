@@ -8,10 +8,12 @@
 #                TEMPLATES: files instead (one per line; templates with {c})
 #   DATASET      DATA_DIR's layout: flickr30k, or mscoco (CLIP_benchmark's val2014/ + coco_test_karpathy.json)
 #   MODEL_NAME   open_clip model name             (default openclip-ascend-tiny, the bundled model)
-#   PRETRAINED   checkpoint file, cached tag or none (default: the bundled tiny weights; laion2b_s34b_b79k for others)
+#   PRETRAINED   checkpoint file, pretrained tag (downloaded as open_clip does; HF_ENDPOINT for a mirror) or none
+#                (default: the bundled tiny weights; laion2b_s34b_b79k for other models)
 #   REQUIRE_IDLE 1: a busy NPU before step 6 stops the run (default 0: a warning)
 #   BATCH_SIZES  comma-separated                  (default 1,4,8)
-#   BACKEND      auto | ascend | onnxruntime      (default auto: the NPU when npu-smi, atc, ais_bench exist)
+#   BACKEND      auto | ascend | onnxruntime      (default auto: the NPU where npu-smi is; it then needs atc,
+#                ais_bench and aclruntime too)
 #   SOC_VERSION  atc --soc_version                (default: read from npu-smi info)
 #   REFERENCE    0 to skip the PyTorch reference  (default 1)
 #   PERF_LOOPS   pure-inference loops per figure  (default 20)
@@ -32,11 +34,17 @@
 #   PROFILE      1, Ascend: step 6 also runs the largest batch size under msprof (default 0)
 #   PEAK_TFLOPS  the chip's fp16 peak, shown beside the profile's achieved TFLOP/s
 #   AIPP_ESTIMATE 1: step 5 estimates the accuracy cost of uint8 input normalised by AIPP (default 0)
-#   PYTHON       interpreter                      (default python3)
+#   ON_ERROR     stop | skip: a bad image or caption line stops step 1, or is left out and recorded (default stop)
+#   RECONFIGURE  1: apply settings that differ from the run's (OUT/settings.json) and mark what they change stale
+#   PYTHON       interpreter                      (default: the kit's .venv if there is one, else python3)
+# Every value is checked before step 1; the run's settings are kept in $OUT/settings.json, and a step
+# run alone later reads them there.
 set -euo pipefail
 STEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$STEPS_DIR")
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
 export OUT=${OUT:-outputs/demo}
 
 run_step() {

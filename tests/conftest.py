@@ -1,6 +1,9 @@
 """Shared fixtures: the bundled tiny model, a small generated sample set, its arrays and ONNX files."""
 
 import copy
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,30 @@ from openclip_ascend.export import export_model
 from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
 from openclip_ascend.preprocess import preprocess_dataset
 from openclip_ascend.sample import write_sample_dir
+
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKES = ROOT / "tests" / "fakes"
+
+
+@pytest.fixture(scope="session")
+def stand_in_env(tmp_path_factory):
+    """``stand_in_env(table="910B4.txt", **extra)``: os.environ with the Ascend stand-ins (tests/fakes) on PATH
+    and PYTHONPATH, npu-smi printing the recorded ``table``, and CANN's set_env.sh variables pointing at a
+    toolkit folder that records its version (7.0.RC1) as an install does."""
+    toolkit = tmp_path_factory.mktemp("Ascend") / "ascend-toolkit" / "latest"
+    (toolkit / "compiler").mkdir(parents=True)
+    (toolkit / "compiler" / "version.info").write_text("Version=7.0.RC1\nversion_dir=7.0.RC1\n")
+
+    def env(table="910B4.txt", **extra):
+        return {**os.environ,
+                "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}",
+                "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests" / "data" / "npu_smi" / table),
+                "ASCEND_TOOLKIT_HOME": str(toolkit), "ASCEND_HOME_PATH": str(toolkit),
+                "LD_LIBRARY_PATH": f"{toolkit / 'lib64'}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}", **extra}
+
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -409,3 +409,39 @@ def test_bad_steps_are_one_line_before_anything_runs(tmp_path, steps, message):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_on_error_skip_reaches_the_pipeline_and_an_empty_set_is_an_error(tmp_path):
+    """ON_ERROR / --on-error in the pipeline (an error used to suggest a flag it did not take); with every image
+    unusable, preprocessing used to write an empty set and exit 0."""
+    from openclip_ascend.pipeline import RunConfig, run_steps
+
+    good = jpeg_bytes()
+    folder = make_data(tmp_path / "d", {"1.jpg": good, "2.jpg": b"not an image", "3.jpg": good})
+    with pytest.raises(KitError, match=r"2\.jpg: cannot be read as an image.*ON_ERROR=skip"):
+        run_steps(RunConfig(tmp_path / "stop", data_dir=folder, workers=1, pretrained="none"), [1])
+    results = run_steps(RunConfig(tmp_path / "skip", data_dir=folder, workers=1, pretrained="none", on_error="skip"),
+                        [1])
+    assert results["preprocess"]["retrieval"] == {"dataset": "flickr30k", "images": 2, "captions": 4, "skipped": 1}
+    assert results["commands"]["preprocess"][0].endswith("--on-error skip")
+    with pytest.raises(KitError, match="annotation file not found"):  # a layout problem: before anything is written
+        run_steps(RunConfig(tmp_path / "nothing", data_dir=tmp_path, workers=1, pretrained="none"), [1])
+    assert not (tmp_path / "nothing").exists()
+    broken = make_data(tmp_path / "broken", {"1.jpg": b"x", "2.jpg": b"y"})
+    with pytest.raises(KitError, match=r"broken: no image left to evaluate \(2 items skipped"):
+        run_steps(RunConfig(tmp_path / "empty", data_dir=broken, workers=1, pretrained="none", on_error="skip"), [1])
+    assert not (tmp_path / "empty" / "prep" / "manifest.json").exists()
+
+
+def test_empty_class_folders_are_named_and_hidden_folders_ignored(tmp_path):
+    from openclip_ascend.zeroshot import read_image_folder
+
+    for folder in ("red", "blue", "grey", ".ipynb_checkpoints"):
+        (tmp_path / folder).mkdir()
+    for folder in ("red", "blue"):
+        (tmp_path / folder / "a.jpg").write_bytes(jpeg_bytes())
+    with pytest.raises(KitError, match=r"class folders without images: grey; put images in them"):
+        read_image_folder(tmp_path)
+    (tmp_path / "grey" / "b.jpg").write_bytes(jpeg_bytes())
+    folders, files, labels = read_image_folder(tmp_path)
+    assert folders == ["blue", "grey", "red"] and labels == [0, 1, 2]  # the hidden folder is no class

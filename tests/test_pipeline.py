@@ -1,7 +1,6 @@
 """End to end on the demo sample with the bundled tiny model: `make demo` and the numbered steps."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openclip_ascend.pipeline import RunConfig, resolve_backend, run_steps
+from openclip_ascend.pipeline import RunConfig, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKES = ROOT / "tests" / "fakes"
 
 
 @pytest.fixture(scope="module")
@@ -74,25 +72,16 @@ def test_demo_writes_tables_and_results(demo):
     assert summary["NPU_compute_time"]["count"] == 3 and summary["batchsize"] == 4
 
 
-def test_auto_backend_without_npu_tools_says_why(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    backend, reason = resolve_backend("auto")
-    assert backend == "onnxruntime" and "npu-smi" in reason and "atc" in reason
-
-
-def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, recall_gap_explained):
-    """With npu-smi, atc and ais_bench (stand-ins) present, BACKEND=auto compiles OMs and runs them, the
-    text tower with a 16-token length bucket beside the full-length OM; recall through the OM path equals
+def test_shell_steps_take_the_npu_path_with_the_tools_present(demo, tmp_path, recall_gap_explained, stand_in_env):
+    """With npu-smi, atc, ais_bench and aclruntime (stand-ins) present, BACKEND=auto compiles OMs and runs them,
+    the text tower with a 16-token length bucket beside the full-length OM; recall through the OM path equals
     the ONNX Runtime path's."""
     out = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
-           "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
-           "TEXT_LENGTHS": "dyn,16", "PRECISION_SEARCH": "1",
-           "PYTHON": sys.executable}
+    env = stand_in_env(OUT=str(out), BATCH_SIZES="1,4", REFERENCE="0", PERF_LOOPS="2", WORKERS="2",
+                       TEXT_LENGTHS="dyn,16", PRECISION_SEARCH="1", PYTHON=sys.executable)
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "backend: ascend (npu-smi, atc and ais_bench found)" in result.stdout
+    assert "backend: ascend (npu-smi, atc, ais_bench and aclruntime found)" in result.stdout
     assert sorted(p.name for p in (out / "models").glob("*.om")) == [
         f"openclip_ascend_tiny_{t}_bs{b}.om" for t in ("text", "text_len16", "vision") for b in (1, 4)]
     assert "--text-lengths 16" in result.stdout and "_text_len16_bs4.om," in result.stdout
@@ -125,15 +114,13 @@ def test_accuracy_comparison_and_report(demo):
         assert needle in report, needle
 
 
-def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap_explained):
+def test_dynamic_batch_mixed_precision_on_two_devices(demo, tmp_path, recall_gap_explained, stand_in_env):
     """DYNAMIC_BATCH=1, DEVICES=0,1, PRECISION=mixed and TEXT_LENGTHS=dyn,16 through the shell steps on the
     stand-in tools."""
     out = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/310P3_two_cards.txt"),
-           "OUT": str(out), "BATCH_SIZES": "1,4", "REFERENCE": "0", "PERF_LOOPS": "2", "WORKERS": "2",
-           "TEXT_LENGTHS": "dyn,16", "TASK": "retrieval,zeroshot",
-           "DYNAMIC_BATCH": "1", "DEVICES": "0,1", "PRECISION": "mixed", "PYTHON": sys.executable}
+    env = stand_in_env("310P3_two_cards.txt", OUT=str(out), BATCH_SIZES="1,4", REFERENCE="0", PERF_LOOPS="2",
+                       WORKERS="2", TEXT_LENGTHS="dyn,16", TASK="retrieval,zeroshot", DYNAMIC_BATCH="1",
+                       DEVICES="0,1", PRECISION="mixed", PYTHON=sys.executable)
     result = subprocess.run(["bash", str(ROOT / "steps" / "run_all.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (out / "models").glob("*.om")) == [  # a 16-token bucket beside the text OM

@@ -17,6 +17,7 @@ COMMANDS = {  # subcommand: (module, the script it stands for)
     "perf": ("perf", "openclip_perf.py"),
     "precision": ("precision", "openclip_precision.py"),
     "zeroshot": ("zeroshot", "openclip_zeroshot.py"),
+    "doctor": ("doctor", "openclip_doctor.py"),
 }
 
 

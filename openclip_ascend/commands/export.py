@@ -4,9 +4,10 @@ check ONNX Runtime against PyTorch (max abs diff must stay ≤ 1e-4).
     python openclip_torch2onnx.py --model-name ViT-B-32 --pretrained open_clip_pytorch_model.bin \\
         --onnx-prefix models/vit_b_32 [--opset-version 14] [--image CLIP.png --text "a dog"]
 
-The reference's flags and defaults: --pretrained laion2b_s34b_b79k (a local file or a tag already in
-the Hugging Face cache; `none` for random weights, with a warning), --image / --text are traced with
-and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
+The reference's flags and defaults: --pretrained laion2b_s34b_b79k (a local file, or a tag resolved as
+open_clip resolves it: the Hugging Face cache, else a download through HF_ENDPOINT; `none` for random
+weights, with a warning; the bundled tiny model defaults to its own weights), --image / --text are
+traced with and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
 --text-lengths dyn,32 adds shorter text graphs (exact: a caption's embedding depends only on its
 tokens up to the EOT), each checked against the full-length graph (max abs diff ≤ 1e-5).
 --npu-graph adds PREFIX_{vision,text}_npu.onnx, shaped for the NPU (tokens padded to a multiple of 16,
@@ -18,15 +19,16 @@ import argparse
 
 from ..cli import parse_text_lengths, print_result
 from ..export import DEFAULT_OPSET
-from ..models import DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED, TINY_MODEL
 
 
 def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-name", default="ViT-B-32")
-    parser.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                        help="local checkpoint file, or a tag whose weights are already cached; none: random "
-                             "weights (default: %(default)s)")
+    parser.add_argument("--pretrained",
+                        help=f"local checkpoint file, or a tag (downloaded as open_clip does, through HF_ENDPOINT "
+                             f"where set); none: random weights (default: {DEFAULT_PRETRAINED}, the reference's; "
+                             f"{TINY_MODEL}'s bundled weights for it)")
     parser.add_argument("--onnx-prefix", default="models/vit_b_32",
                         help="writes PREFIX_vision.onnx and PREFIX_text.onnx (default: %(default)s)")
     parser.add_argument("--opset", "--opset-version", dest="opset", type=int, default=DEFAULT_OPSET,
@@ -44,7 +46,9 @@ def main(argv=None, prog=None):
     args = parser.parse_args(argv)
 
     from ..export import export_model, export_npu_graphs, export_text_lengths, given_examples
-    from ..models import is_random_weights, load_model
+    from ..models import default_pretrained, is_random_weights, load_model
+
+    args.pretrained = default_pretrained(args.model_name, args.pretrained)
 
     model = load_model(args.model_name, args.pretrained)
     examples = given_examples(model, args.model_name, args.pretrained, args.image, args.text)

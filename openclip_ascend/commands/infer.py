@@ -53,7 +53,7 @@ def main(argv=None, prog=None):
                         help="stop instead of warning when npu-smi shows the NPU busy before an OM is timed")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--model-name", help="open_clip model name (torch backend)")
-    parser.add_argument("--pretrained", help="checkpoint file or cached tag (torch backend; default: the bundled "
+    parser.add_argument("--pretrained", help="checkpoint file or tag (torch backend; default: the bundled "
                         "weights for the tiny model, laion2b_s34b_b79k otherwise; none: random weights)")
     parser.add_argument("--tower", choices=["vision", "text"], help="tower to run (torch backend)")
     args = parser.parse_args(argv)

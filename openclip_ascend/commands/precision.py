@@ -33,7 +33,7 @@ def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["locate", "search"])
     parser.add_argument("--model-name", default="ViT-B-32")
-    parser.add_argument("--pretrained", help=f"checkpoint file or cached tag (default: {DEFAULT_PRETRAINED}; the "
+    parser.add_argument("--pretrained", help=f"checkpoint file or tag (default: {DEFAULT_PRETRAINED}; the "
                                              "bundled weights for the tiny model)")
     parser.add_argument("--prep", required=True, help="step 1's output folder (manifest.json, images/, texts/)")
     parser.add_argument("--tower", required=True, choices=["vision", "text"])

@@ -35,7 +35,7 @@ def main(argv=None, prog=None):
     parser.add_argument("--classnames", help="file: one class name per line, in the class folders' sorted order")
     parser.add_argument("--templates", help="file: one prompt template per line, {c} for the class name")
     parser.add_argument("--model-name", default="ViT-B-32")
-    parser.add_argument("--pretrained", help="checkpoint file or cached tag (default: the bundled weights for the tiny "
+    parser.add_argument("--pretrained", help="checkpoint file or tag (default: the bundled weights for the tiny "
                                              "model, laion2b_s34b_b79k otherwise)")
     parser.add_argument("--backend", help=f"{', '.join(RUNNABLE)} (default onnxruntime); with --prep, the name the "
                                           "result carries")

@@ -13,6 +13,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import aclruntime  # the real front end imports its back end first: without it, no InferSession
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -46,16 +47,6 @@ def _aipp(images, config):
     return np.stack(planes, axis=1).astype(np.float32)
 
 
-class DType:
-    """aclruntime's dtype enum: printed as ``dtype.float32``."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __str__(self):
-        return f"dtype.{self.name}"
-
-
 class InferSession:
     def __init__(self, device_id, model_path, acl_json_path=None, debug=False, loop=1):
         import onnxruntime as ort
@@ -72,7 +63,7 @@ class InferSession:
         if self.aipp:  # RGB888_U8: the OM takes uint8 NHWC at the AIPP source size
             dtype_name, self.np_dtype = "uint8", np.uint8
             self.dims = [self.dims[0], int(self.aipp["src_image_size_h"]), int(self.aipp["src_image_size_w"]), 3]
-        self.datatype = DType(dtype_name)
+        self.datatype = aclruntime.dtype(dtype_name)
         self.per_sample = int(np.prod(self.dims[1:])) * np.dtype(self.np_dtype).itemsize
         self.batch = max(self.gears) if self.gears else self.dims[0]
         self.gear_set = False
@@ -96,7 +87,7 @@ class InferSession:
     def get_outputs(self):
         out = self.ort.get_outputs()[0]
         shape = [-1 if self.gears else self.dims[0]] + [d for d in out.shape[1:]]
-        return [SimpleNamespace(name=out.name, datatype=DType("float32"), shape=shape, size=0, realsize=0,
+        return [SimpleNamespace(name=out.name, datatype=aclruntime.dtype("float32"), shape=shape, size=0, realsize=0,
                                 format="ND")]
 
     def set_dynamic_batchsize(self, batch):
