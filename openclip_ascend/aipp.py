@@ -192,7 +192,7 @@ class _TextFormat:
             text = token.text[1:-1]
             while self._peek() is not None and self._peek().kind == "string":  # adjacent strings concatenate
                 text += self._next().text[1:-1]
-            return text.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in text else text
+            return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), text)
         if kind == "bool":
             if token.text in ("true", "True", "t", "1"):
                 return True
