@@ -1,23 +1,85 @@
 """The stand-in's operator dump, in the layout CANN writes (the kit's reader, openclip_ascend/npu_dump.py,
-names its sources): ``{dump_path}/{YYYYMMDDhhmmss}/{device}/{model_name}/{model_id}/0/`` then one file per
-op execution, ``{op_type}.{op name, '/' and '.' as '_'}.{task_id}.{stream_id}.{timestamp}``, holding a
-little-endian uint64 header length, a ``toolkit.dumpdata.DumpData`` protobuf (encoded here by hand, data
-fields left empty) and the raw input data, then the output data.
+names its sources): ``{dump_path}/{YYYYMMDDhhmmss}/{device}/{model_name}/{model_id}/{iteration}/``, one
+iteration folder per model execution, then one file per op execution holding a little-endian uint64
+header length, a ``toolkit.dumpdata.DumpData`` protobuf (encoded here by hand, data fields left empty)
+and the raw input data, then the output data.
 
-One op per ONNX node (no fusion). Float tensors are stored as the OM computes them: fp16 unless atc was
-told to keep fp32 (``--precision_mode=force_fp32`` / ``must_keep_origin_dtype``, or the node listed in
-``--keep_dtype``), so an fp16 overflow shows as inf; the values themselves come from ONNX Runtime in
-fp32, rounded — a stand-in, not an fp16 kernel."""
+What atc does to the graph, in small: an elementwise op (Add, Sub, Mul, Div) whose input is the only use
+of another op's single output is fused into that producer — the pair runs and is dumped once, named after
+both (``{producer}{consumer}``, as in ``Sub_308Mul_309``), its output's ``original_op`` naming the consumer
+(the ONNX node whose output it is); the producer's own output is not dumped. fp16 outputs of matrix products
+are stored in FRACTAL_NZ (16 × 16 fractals), of convolutions in NC1HWC0 (C0 = 16); the rest in ND.
+Softmax runs as an FFTS+ task split into two thread slices along axis 0 (when that axis has two rows or
+more): two files ``{op_type}.{op_name}.{stream_id}.{task_id}.{timestamp}.4.{context_id}.{thread_id}.{device_id}``,
+each with its slice of the data and an ``attr`` JSON (``slice_instance_num``, ``threadMode``, ``outputCutList``,
+``output_tensor_slice``) as msaccucmp's FFTS parser reads it. Other ops: ``{op_type}.{op_name}.{task_id}.{stream_id}.{timestamp}``.
 
+Float tensors are stored as the OM computes them: fp16 unless atc was told to keep fp32
+(``--precision_mode=force_fp32`` / ``must_keep_origin_dtype``, or the node listed in ``--keep_dtype``),
+so an fp16 overflow shows as inf; the values themselves come from ONNX Runtime in fp32, rounded — a
+stand-in, not an fp16 kernel. Which ops atc really fuses, slices or stores in which format depends on its
+fusion passes and the chip; only the shapes of those outcomes are modelled here."""
+
+import json
 import os
 import struct
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 DT = {np.dtype(np.float32): 1, np.dtype(np.float16): 2, np.dtype(np.int8): 3, np.dtype(np.uint8): 4,
       np.dtype(np.int32): 7, np.dtype(np.int64): 8, np.dtype(np.bool_): 11, np.dtype(np.float64): 12}
-FORMAT_ND = 2
+FORMAT_ND, FORMAT_NC1HWC0, FORMAT_FRACTAL_NZ = 2, 3, 29
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
+MATRIX_PRODUCTS, CONVOLUTIONS, THREAD_SLICED = {"MatMul", "Gemm"}, {"Conv"}, {"Softmax"}
+STREAM, FFTS_PLUS_TASK, CUBE = 2, 4, 16
+
+
+@dataclass
+class DumpedOp:
+    """One op of the compiled model: an ONNX node, or a producer with the elementwise node fused into it."""
+
+    op_type: str
+    name: str
+    inputs: list
+    outputs: list
+    original: str  # the ONNX node whose outputs this op's outputs are
+    kernel: str  # the op type whose kernel computes it (decides the device format)
+
+
+def fused_ops(nodes, graph_outputs):
+    """The ops atc would run: each elementwise node whose input is the single use of a single-output
+    producer is fused into that producer (each node in at most one pair)."""
+    producers = {name: node for node in nodes for name in node.output}
+    uses = {}
+    for node in nodes:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    pairs, paired = {}, set()
+    for node in nodes:
+        if node.op_type not in ELEMENTWISE or node.name in paired:
+            continue
+        for name in node.input:
+            producer = producers.get(name)
+            if (producer is not None and producer.name not in paired and len(producer.output) == 1
+                    and uses.get(name) == 1 and name not in graph_outputs):
+                pairs[node.name] = producer
+                paired.update((node.name, producer.name))
+                break
+    producer_names = {producer.name for producer in pairs.values()}
+    ops = []
+    for node in nodes:
+        if node.name in producer_names:
+            continue
+        producer = pairs.get(node.name)
+        if producer is None:
+            ops.append(DumpedOp(node.op_type, node.name, list(node.input), list(node.output), node.name, node.op_type))
+        else:
+            inputs = list(producer.input) + [name for name in node.input if name != producer.output[0]]
+            ops.append(DumpedOp(producer.op_type, producer.name + node.name, inputs, list(node.output), node.name,
+                                producer.op_type))
+    return ops
 
 
 def _varint(value):
@@ -41,14 +103,68 @@ def _shape(dims):
     return _field(1, packed) if dims else b""
 
 
-def _tensor(array, is_output, original=None):
-    """OpOutput / OpInput without its data (the data follows the header)."""
-    fields = _field(1, DT[array.dtype]) + _field(2, FORMAT_ND) + _field(3, _shape(array.shape))
+def _padded(size):
+    return -(-size // CUBE) * CUBE
+
+
+def to_device(array, fmt):
+    """``array`` in device format ``fmt``: FRACTAL_NZ (…, N1, M1, 16, 16) of the (…, M, N) matrix (a 1-D
+    array is one row), NC1HWC0 (N, C1, H, W, 16); padding is zeros."""
+    if fmt == FORMAT_FRACTAL_NZ:
+        matrix = array.reshape(1, -1) if array.ndim == 1 else array
+        *batch, rows, cols = matrix.shape
+        padded = np.zeros((*batch, _padded(rows), _padded(cols)), array.dtype)
+        padded[..., :rows, :cols] = matrix
+        blocks = padded.reshape(*batch, _padded(rows) // CUBE, CUBE, _padded(cols) // CUBE, CUBE)
+        lead = len(batch)
+        return blocks.transpose(*range(lead), lead + 2, lead, lead + 1, lead + 3)
+    if fmt == FORMAT_NC1HWC0:
+        n, c, h, w = array.shape
+        padded = np.zeros((n, _padded(c), h, w), array.dtype)
+        padded[:, :c] = array
+        return padded.reshape(n, _padded(c) // CUBE, CUBE, h, w).transpose(0, 1, 3, 4, 2)
+    return array
+
+
+def device_format(array, kernel):
+    """The format atc's kernels leave an fp16 output in (ND for everything else)."""
+    if array.dtype == np.float16 and kernel in MATRIX_PRODUCTS and array.ndim >= 1:
+        return FORMAT_FRACTAL_NZ
+    if array.dtype == np.float16 and kernel in CONVOLUTIONS and array.ndim == 4:
+        return FORMAT_NC1HWC0
+    return FORMAT_ND
+
+
+def _tensor(array, fmt, is_output, original=None):
+    """OpOutput / OpInput without its data (the data follows the header); returns (fields, device bytes)."""
+    device = np.ascontiguousarray(to_device(array, fmt))
+    fields = _field(1, DT[array.dtype]) + _field(2, fmt) + _field(3, _shape(device.shape))
     if is_output:
         if original:
             fields += _field(4, _field(1, original[0].encode()) + _field(2, original[1]))
-        return fields + _field(6, array.nbytes) + _field(7, _shape(array.shape))
-    return fields + _field(5, array.nbytes) + _field(6, _shape(array.shape))
+        fields += _field(6, device.nbytes) + _field(7, _shape(array.shape))
+    else:
+        fields += _field(5, device.nbytes) + _field(6, _shape(array.shape))
+    return fields, device.tobytes()
+
+
+def _write(path, name, inputs, outputs, attr=None):
+    """One dump file: header (inputs, outputs, op name, attr) then the data, inputs first."""
+    header = _field(1, b"2.0") + _field(2, int(time.time() * 1e6))
+    blobs = []
+    for array, fmt in inputs:
+        fields, data = _tensor(array, fmt, False)
+        header += _field(4, fields)
+        blobs.append(data)
+    for array, fmt, original in outputs:
+        fields, data = _tensor(array, fmt, True, original)
+        header += _field(3, fields)
+        blobs.append(data)
+    header += _field(6, name.encode())
+    if attr is not None:
+        header += _field(7, _field(2, json.dumps(attr).encode()))
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(header)) + header + b"".join(blobs))
 
 
 class Dumper:
@@ -65,9 +181,10 @@ class Dumper:
                 self.kept = {line.strip() for line in handle if line.strip()}
         self.all_fp32 = any(flag in ("--precision_mode=force_fp32", "--precision_mode=must_keep_origin_dtype")
                             for flag in om["flags"])
-        self.nodes = [node for node in model.graph.node if node.op_type not in ("Constant",) and node.output]
-        produced = {name for node in self.nodes for name in node.output if name}
+        nodes = [node for node in model.graph.node if node.op_type not in ("Constant",) and node.output]
         present = {output.name for output in model.graph.output}
+        self.ops = fused_ops(nodes, present)
+        produced = {name for node in nodes for name in node.output if name}
         inferred = onnx.shape_inference.infer_shapes(model)
         types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(model.graph.output)}
         model.graph.output.extend(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None)
@@ -75,33 +192,53 @@ class Dumper:
         self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         self.names = [output.name for output in self.session.get_outputs()]
         self.initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-        self.folder = os.path.join(dump_path, time.strftime("%Y%m%d%H%M%S"), str(device_id), model_name, "1", "0")
-        self.task = 0
+        self.root = os.path.join(dump_path, time.strftime("%Y%m%d%H%M%S"), str(device_id), model_name, "1")
+        self.device_id = int(device_id)
+        self.iteration = 0
+        self.stamp = 0
 
-    def _stored(self, array, node):
+    def _stored(self, array, op):
         array = np.asarray(array)
-        if array.dtype == np.float32 and not self.all_fp32 and node.name not in self.kept:
+        if array.dtype == np.float32 and not self.all_fp32 and op.original not in self.kept:
             with np.errstate(over="ignore"):
                 return array.astype(np.float16)
         return array
+
+    def _timestamp(self):
+        self.stamp += 1
+        return int(time.time() * 1e6) + self.stamp
 
     def dump(self, feed):
         values = dict(zip(self.names, self.session.run(None, feed)))
         values.update(feed)
         values.update(self.initializers)
-        os.makedirs(self.folder, exist_ok=True)
-        for node in self.nodes:
-            inputs = [self._stored(values[name], node) for name in node.input if name in values]
-            outputs = [self._stored(values[name], node) for name in node.output if name in values]
-            inputs = [a for a in inputs if a.dtype in DT]
-            outputs = [a for a in outputs if a.dtype in DT]
-            header = b"".join(_field(4, _tensor(a, False)) for a in inputs)
-            header += b"".join(_field(3, _tensor(a, True, (node.name, i))) for i, a in enumerate(outputs))
-            header = _field(1, b"2.0") + _field(2, int(time.time() * 1e6)) + header + _field(6, node.name.encode())
-            self.task += 1
-            name = "".join(c if c.isalnum() or c in "_-" else "_" for c in node.name)
-            path = os.path.join(self.folder, f"{node.op_type}.{name}.{self.task}.2.{int(time.time() * 1e6) + self.task}")
-            with open(path, "wb") as handle:
-                handle.write(struct.pack("<Q", len(header)) + header)
-                for array in inputs + outputs:
-                    handle.write(np.ascontiguousarray(array).tobytes())
+        folder = os.path.join(self.root, str(self.iteration))
+        self.iteration += 1
+        os.makedirs(folder, exist_ok=True)
+        for task, op in enumerate(self.ops, start=1):
+            inputs = [a for a in (self._stored(values[name], op) for name in op.inputs if name in values) if a.dtype in DT]
+            outputs = [a for a in (self._stored(values[name], op) for name in op.outputs if name in values)
+                       if a.dtype in DT]
+            if op.op_type in THREAD_SLICED and outputs and all(a.ndim and a.shape[0] >= 2 for a in outputs):
+                self._dump_thread_slices(folder, task, op, inputs, outputs)
+                continue
+            name = "".join(c if c.isalnum() or c in "_-" else "_" for c in op.name)
+            _write(os.path.join(folder, f"{op.op_type}.{name}.{task}.{STREAM}.{self._timestamp()}"), op.name,
+                   [(a, FORMAT_ND) for a in inputs],
+                   [(a, device_format(a, op.kernel), (op.original, i)) for i, a in enumerate(outputs)])
+
+    def _dump_thread_slices(self, folder, task, op, inputs, outputs):
+        """Two FFTS+ thread slices along axis 0: each file holds its rows of every output (and of every
+        input with as many rows), and the attr that tells how to join them."""
+        rows = outputs[0].shape[0]
+        bounds = [(0, rows - rows // 2), (rows - rows // 2, rows)]
+        cut = [[2] + [1] * (a.ndim - 1) for a in outputs]
+        tensor_slices = [[[{"lower": low, "higher": high}] + [{"lower": 0, "higher": d} for d in a.shape[1:]]
+                          for a in outputs] for low, high in bounds]
+        attr = {"slice_instance_num": 2, "threadMode": True, "outputCutList": cut, "output_tensor_slice": tensor_slices}
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in op.name)
+        for thread, (low, high) in enumerate(bounds):
+            sliced_inputs = [(a[low:high] if a.ndim and a.shape[0] == rows else a, FORMAT_ND) for a in inputs]
+            sliced_outputs = [(a[low:high], FORMAT_ND, (op.original, i)) for i, a in enumerate(outputs)]
+            stem = f"{op.op_type}.{name}.{STREAM}.{task}.{self._timestamp()}.{FFTS_PLUS_TASK}.{task}.{thread}"
+            _write(os.path.join(folder, f"{stem}.{self.device_id}"), op.name, sliced_inputs, sliced_outputs, attr)
