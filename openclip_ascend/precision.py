@@ -284,7 +284,8 @@ class KeepSearch:
 
 def search(searcher, nodes, vector_only=False):
     """The smallest keep set found: scopes by the error they introduce, greedily until good enough,
-    pruned, then each kept scope narrowed to its worst nodes. Returns (plain fp16, result, steps)."""
+    pruned, then each kept scope narrowed to its worst nodes and pruned again node by node. Returns
+    (plain fp16, result, steps)."""
     candidates = [node for node in nodes if not (vector_only and node.op_type in CUBE_OPS)]
     plain = searcher.evaluate([])
     steps = []
@@ -304,6 +305,19 @@ def search(searcher, nodes, vector_only=False):
                       "min_cosine": evaluation.min_cosine})
         return evaluation
 
+    def prune(items, keep_without, label):
+        """``items`` (scope or node names, changed in place) less each one whose removal keeps the set
+        good enough, latest first, the last excepted: the last addition made the set good and can make
+        earlier ones unnecessary. Returns the last good evaluation, or None."""
+        good_enough = None
+        for item in list(reversed(items[:-1])):
+            evaluation = searcher.evaluate(keep_without(item))
+            steps.append({"step": "drop", label: item, "ok": evaluation.ok})
+            if evaluation.ok:
+                items.remove(item)
+                good_enough = evaluation
+        return good_enough
+
     # grow: 1, 2, 4, … worst scopes until one is good enough, then bisect for the fewest
     good, bad, count = None, 0, 1
     while good is None:
@@ -322,22 +336,21 @@ def search(searcher, nodes, vector_only=False):
         else:
             bad = middle
     chosen = ranked[:good]
-    for scope in list(reversed(chosen[:-1])):  # prune what the last addition made unnecessary
-        evaluation = searcher.evaluate(names([s for s in chosen if s != scope]))
-        steps.append({"step": "drop", "scope": scope, "ok": evaluation.ok})
-        if evaluation.ok:
-            chosen.remove(scope)
-            result = evaluation
-    kept = {scope: by_scope[scope] for scope in chosen}
+    result = prune(chosen, lambda scope: names([s for s in chosen if s != scope]), "scope") or result
+    kept = {scope: names([scope]) for scope in chosen}
+
+    def kept_names(groups, leaving=None):
+        return [name for group in groups.values() for name in group if name != leaving]
+
     for scope in chosen:  # narrow each scope to its worst nodes: those that overflow first, then by error added
-        ordered = sorted(kept[scope], key=lambda node: (not node.overflow, -node.introduced))
+        ordered = [node.name for node in sorted(by_scope[scope], key=lambda node: (not node.overflow, -node.introduced))]
         for count in range(1, len(ordered)):
-            groups = {s: (ordered[:count] if s == scope else kept[s]) for s in chosen}
-            evaluation = searcher.evaluate([node.name for group in groups.values() for node in group])
+            evaluation = searcher.evaluate(kept_names({**kept, scope: ordered[:count]}))
             if evaluation.ok:
                 kept[scope], result = ordered[:count], evaluation
                 steps.append({"step": "narrow", "scope": scope, "nodes": count, "ok": True})
                 break
+        result = prune(kept[scope], lambda name: kept_names(kept, leaving=name), "node") or result
     return plain, result, steps
 
 

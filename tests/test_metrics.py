@@ -152,3 +152,15 @@ def test_fragile_queries_count_near_ties():
     fragile = fragile_queries(images, texts, [0, 2], ks=(1,), tolerance=1e-5)
     assert fragile["image_retrieval_recall@1"] == 1
     assert fragile_queries(images, texts, [0, 2], ks=(1,), tolerance=0.0)["image_retrieval_recall@1"] == 0
+
+
+def test_two_identical_captions_of_one_image_are_both_its_match():
+    """Image 0's two captions are the same text (bit-identical embeddings), both its best match: the tie is
+    between two positives, so image 0 finds a caption of its own first (text R@1 = 1, as CLIP_benchmark's
+    topk gives). Counting the other tied caption against it would give 2/3."""
+    images = np.eye(3, dtype=np.float32)
+    texts = np.array([[1, 0, 0], [1, 0, 0], [0.2, 1, 0], [0, 0.2, 1]], dtype=np.float32)
+    text_to_image = np.array([0, 0, 1, 2])
+    result, theirs = assert_equals_clip_benchmark(images, texts, text_to_image, (1,))
+    assert result.metrics["text_retrieval_recall@1"] == 1.0 == theirs["text_retrieval_recall@1"]
+    assert "text_retrieval_recall@1" not in result.ties  # a tie among positives lowers nothing

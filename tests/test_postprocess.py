@@ -72,21 +72,34 @@ def test_width_mismatch_is_refused(layout):
         evaluate_folders(vision, text, manifest)
 
 
-def test_cli_prints_reference_line_last_and_writes_json(layout, tmp_path):
-    vision, text, manifest = layout
+def test_cli_prints_reference_line_last_and_writes_json(tmp_path):
+    """500 one-hot images; images 0–458 have a caption equal to their own vector, the rest and images 0–40
+    (a second caption) one opposite to it, which ranks last. So text→image hits 459 of 541 captions and
+    image→text 459 of 500 images, at every k: stdout ends with an empty line and the reference's Metrics
+    line, the float32 means widened to Python floats, and nothing after it."""
+    vision, text = tmp_path / "out" / "vision", tmp_path / "out" / "text"
+    vision.mkdir(parents=True)
+    text.mkdir(parents=True)
+    captions = []
+    for i, image in enumerate(np.eye(500, dtype=np.float32)):
+        np.save(vision / f"{i}_0.npy", image[None])
+        for k, caption in enumerate([image if i < 459 else -image] + ([-image] if i <= 40 else [])):
+            np.save(text / f"{i}_{k}_0.npy", caption[None])
+            captions.append({"stem": f"{i}_{k}", "image": i, "text": ""})
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": "openclip-ascend-manifest/1", "images": [
+        {"stem": str(i), "file": f"{i}.jpg"} for i in range(500)], "captions": captions}))
     results = tmp_path / "recall.json"
     out = subprocess.run([sys.executable, "openclip_postprocess.py", "--vision-embeds", str(vision),
                           "--text-embeds", str(text), "--manifest", str(manifest), "--results-file", str(results)],
                          capture_output=True, text=True, check=True).stdout
     saved = json.loads(results.read_text())
-    result, _ = evaluate_folders(vision, text, manifest)
-    assert saved["metrics"] == result.metrics and saved["check"] == "passed"
-    assert set(saved["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
-    lines = out.rstrip("\n").split("\n")
-    assert lines[-2] == ""  # the reference prints an empty line, then the Metrics line, and nothing after it
-    assert lines[-1] == ("Metrics: {'image_retrieval_recall@5': %r, 'text_retrieval_recall@5': %r}"
-                         % (saved["metrics_float32"]["image_retrieval_recall@5"],
-                            saved["metrics_float32"]["text_retrieval_recall@5"]))
+    assert saved["check"] == "passed" and saved["metrics"] == {
+        f"{direction}_retrieval_recall@{k}": hits for k in (1, 5, 10)
+        for direction, hits in (("image", 459 / 541), ("text", 459 / 500))}
+    image_r5 = float(np.float32(459) / np.float32(541))  # torch's float32 mean, widened
+    line = "Metrics: {'image_retrieval_recall@5': %r, 'text_retrieval_recall@5': 0.9179999828338623}" % image_r5
+    assert out.split("\n")[-3:] == ["", line, ""]  # an empty line, the Metrics line, its newline and nothing more
 
 
 def test_metrics_line_is_the_references_float32_text():

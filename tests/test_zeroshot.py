@@ -127,3 +127,21 @@ def test_pipeline_task_zeroshot_takes_data_dir_as_the_classes(colours, tmp_path)
     (entry,) = results["accuracy"]["zeroshot"]
     assert entry["backend"] == "onnxruntime" and entry["metrics"]["acc1"] >= 0.6 and entry["templates"] == 3
     assert "--templates" in results["commands"]["preprocess"][0] and not (tmp_path / "run" / "prep").exists()
+
+
+def test_mean_per_class_recall_is_over_the_classes_present():
+    """Five classes, images of classes 0 and 2 only, some predicted as absent classes 1 and 3: the mean of
+    the two present classes' recalls (2/3 and 1/2), as sklearn's balanced accuracy (CLIP_benchmark's) —
+    not over all five classes, nor over every class predicted."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    weights = np.eye(5, dtype=np.float32)
+    labels = np.array([0, 0, 0, 2, 2])
+    predicted = np.array([0, 0, 1, 2, 3])
+    images = np.eye(5, dtype=np.float32)[predicted] + np.linspace(0.01, 0.05, 5, dtype=np.float32)  # no ties
+    metrics, tied = classify(images, weights, labels)
+    assert tied == 0 and metrics["acc1"] == pytest.approx(3 / 5)
+    assert metrics["mean_per_class_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected = balanced_accuracy_score(labels, predicted)
+    assert metrics["mean_per_class_recall"] == pytest.approx(expected)
