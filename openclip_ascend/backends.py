@@ -217,6 +217,9 @@ class AscendSession:
         self.input_name, self.output_name = desc.name, outputs[0].name
         self.input_dtype = np.dtype(_ACL_DTYPES[dtype_name])
         shape = [int(d) for d in desc.shape]
+        # a dynamic-batch OM runs in ais_bench's "dymbatch" mode: the newer front end (ait) resets the gear
+        # before every "static" run, the 2023 one takes the gear set here in either mode
+        self.mode = "dymbatch" if shape[0] == -1 else "static"
         if shape[0] == -1 or dym_batch:
             shape[0] = self._set_gear(path, shape[0], dym_batch)
         self.input_shape = tuple(shape)
@@ -239,9 +242,9 @@ class AscendSession:
         return int(dym_batch)
 
     def run(self, batch):
-        # static mode: the feed's byte size must equal the model input's exactly (the runner pads)
+        # the feed's byte size must equal the model input's exactly (the runner pads)
         feed = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        output = self.session.infer([feed], mode="static")[0]
+        output = self.session.infer([feed], mode=self.mode)[0]
         return np.asarray(output).reshape(feed.shape[0], -1)
 
     def last_execute_ms(self):

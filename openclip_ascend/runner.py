@@ -27,21 +27,26 @@ PURE_INFER_STEM = "pure_infer_data"  # ais_bench's name for the zero-filled inpu
 
 
 def list_input_files(inputs):
-    """ais_bench ``--input``: comma-separated folders and/or files → natural-sorted input paths."""
-    files = []
-    for item in str(inputs).split(","):
-        path = Path(item.strip())
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.suffix in INPUT_SUFFIXES]
-            if not found:
-                raise KitError(f"{path}: no .npy or .bin files in this input folder; run openclip_preprocess.py first")
-            files.extend(sorted(found, key=lambda p: natural_key(p.name)))
-        elif path.is_file():
+    """ais_bench ``--input`` for the one-input models of this kit, as its front end takes it: one folder (its
+    files natural-sorted), or files (in the order given). Several folders name several model inputs:
+    ais_bench refuses them for a one-input model, and so does the kit."""
+    items = [Path(item.strip()) for item in str(inputs).split(",")]
+    if items[0].is_dir():
+        if len(items) != 1:
+            raise KitError(f"--input {inputs}: args input dir num:{len(items)} not equal to model inputs num:1 (ais_bench "
+                           "takes one folder per model input); give one folder, or the files themselves")
+        found = [p for p in items[0].iterdir() if p.suffix in INPUT_SUFFIXES]
+        if not found:
+            raise KitError(f"{items[0]}: no .npy or .bin files in this input folder; run openclip_preprocess.py first")
+        files = sorted(found, key=lambda p: natural_key(p.name))
+    else:
+        for path in items:
+            if not path.is_file():
+                raise KitError(f"{path}: --input path not found" + (" (a list of files holds files only)"
+                                                                    if path.is_dir() else ""))
             if path.suffix not in INPUT_SUFFIXES:
                 raise KitError(f"{path}: ais_bench reads .npy and .bin inputs; convert it or use openclip_preprocess.py")
-            files.append(path)
-        else:
-            raise KitError(f"{path}: --input path not found")
+        files = items
     clash = stem_clash(files)
     if clash:
         raise KitError(f"{clash[0]} and {clash[1]}: both would write the output {image_stem(clash[0])}_0 (ais_bench "

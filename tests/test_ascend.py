@@ -11,7 +11,7 @@ import pytest
 
 from openclip_ascend import aisbench
 from openclip_ascend.atc import plan_jobs, run_jobs
-from openclip_ascend.backends import AscendSession, OnnxRuntimeSession, open_session
+from openclip_ascend.backends import AscendSession, open_session
 from openclip_ascend.export import onnx_path
 from openclip_ascend.files import KitError
 from openclip_ascend.npu import detect_soc_version, parse_npu_smi, soc_version_of
@@ -24,8 +24,8 @@ ROOT = HERE.parent
 
 
 def forget_ais_bench(monkeypatch):
-    """Drop imported ais_bench modules so the next import finds the package now on the path."""
-    for name in [m for m in sys.modules if m == "ais_bench" or m.startswith("ais_bench.")]:
+    """Drop imported ais_bench and aclruntime modules so the next import finds the packages now on the path."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("ais_bench", "aclruntime")]:
         monkeypatch.delitem(sys.modules, name)
 
 
@@ -258,21 +258,66 @@ def oms(tools, tiny_onnx, tmp_path):
     return {f"{job.tower}_{'dyn' if ',' in job.batch else job.batch}": job.om for job in jobs}
 
 
-def test_ten_files_at_batch_four_through_infer_session(oms, tiny_onnx, prep_dir, tmp_path):
-    session = open_session("auto", str(oms["vision_4"]))
-    assert isinstance(session, AscendSession) and session.input_shape == (4, 3, 224, 224)
-    summary = infer(session, input=str(prep_dir / "images"), output=str(tmp_path), output_dirname="om",
-                    outfmt="NPY")  # the stand-in raises unless every feed is exactly 4 samples
-    reference = OnnxRuntimeSession(onnx_path(tiny_onnx, "vision"))
-    outputs = sorted((tmp_path / "om").glob("*_0.npy"))
-    assert len(outputs) == 10 and summary["NPU_compute_time"]["count"] == 3
-    for path in outputs:
-        sample = np.load(prep_dir / "images" / path.name.replace("_0.npy", ".npy"))
-        assert np.allclose(np.load(path), reference.run(sample), atol=1e-5)
+@pytest.fixture(params=["tools-2023", "ait"])
+def front_end(request, tools, monkeypatch):
+    """The kit's InferSession code against both generations of ais_bench's front end and aclruntime: the 2023
+    one (execute times as floats, a gear kept across static runs) and ait's (``(start, end)`` pairs, the gear
+    reset before every static run)."""
+    monkeypatch.setenv("FAKE_AIS_BENCH_GENERATION", request.param)
+    forget_ais_bench(monkeypatch)
+    return request.param
+
+
+def run_towers(models, prep_dir, out):
+    """Both towers of ``models`` ({tower: model path}) over the prepared set into ``out/{tower}``, batch 4."""
+    for tower, folder in (("vision", "images"), ("text", "texts")):
+        session = open_session("auto", str(models[tower]))
+        try:
+            summary = infer(session, input=str(prep_dir / folder), output=str(out), output_dirname=tower,
+                            outfmt="NPY", batchsize=4)
+        finally:
+            session.close()
+    return summary
+
+
+def test_om_outputs_are_each_files_embedding_at_the_compiled_precision(front_end, oms, tools, tiny_onnx, prep_dir,
+                                                                       tmp_path, same_embeddings):
+    """10 images and 50 captions at batch 4 through InferSession (the stand-in refuses any feed that is not exactly
+    4 samples): each output file holds its own input's embedding — compared file by file with ONNX Runtime fp32 —
+    at the precision the OM was compiled for: fp16 (atc's default) visibly rounded yet within fp16's bounds, an
+    fp32 OM within fp32's; recall as ONNX Runtime's up to the near-ties of that precision."""
+    from conftest import PRECISION_BOUNDS
+
+    onnx = {tower: onnx_path(tiny_onnx, tower) for tower in ("vision", "text")}
+    run_towers(onnx, prep_dir, tmp_path / "onnx")
+    summary = run_towers({tower: oms[f"{tower}_4"] for tower in onnx}, prep_dir, tmp_path / "om")
+    assert summary["NPU_compute_time"]["count"] == 13 and len(list((tmp_path / "om" / "vision").glob("*_0.npy"))) == 10
     assert summary["throughput"] == pytest.approx(4000 / summary["NPU_compute_time"]["mean"])
+    fp16 = same_embeddings(tmp_path / "om", tmp_path / "onnx", prep_dir / "manifest.json", "fp16")
+    assert all(entry["max_abs_diff"] > PRECISION_BOUNDS["fp32"]["max_abs_diff"] for entry in fp16.values())
+    fp32_jobs = run_jobs(plan_jobs(tiny_onnx, list(onnx), [4], "Ascend910B4", tmp_path / "fp32", precision_mode="fp32"))
+    run_towers({job.tower: job.om for job in fp32_jobs}, prep_dir, tmp_path / "om32")
+    same_embeddings(tmp_path / "om32", tmp_path / "onnx", prep_dir / "manifest.json", "fp32")
 
 
-def test_dynamic_batch_gear(oms, prep_dir, tmp_path, tools):
+def test_the_embedding_check_fails_on_swapped_or_reordered_outputs(tiny_onnx, prep_dir, tmp_path, same_embeddings):
+    """Every image embedding stored under its neighbour's name (recall collapses), or one batch's rows in another
+    order: the check that judges the NPU path must fail, however far the runs are apart."""
+    import shutil
+
+    run_towers({tower: onnx_path(tiny_onnx, tower) for tower in ("vision", "text")}, prep_dir, tmp_path / "onnx")
+    for case in ("neighbour", "reordered"):
+        shutil.copytree(tmp_path / "onnx", tmp_path / case)
+        files = sorted((tmp_path / case / "vision").glob("*_0.npy"))
+        arrays = [np.load(path) for path in files]
+        order = list(range(1, len(files))) + [0] if case == "neighbour" else [1, 0, 3, 2] + list(range(4, len(files)))
+        for path, index in zip(files, order):
+            np.save(path, arrays[index])
+        with pytest.raises(AssertionError, match="vision .*outside the fp16 bounds"):
+            same_embeddings(tmp_path / case, tmp_path / "onnx", prep_dir / "manifest.json", "fp16")
+
+
+def test_dynamic_batch_gear(front_end, oms, prep_dir, tmp_path, tools):
     session = open_session("auto", str(oms["text_dyn"]), dym_batch=8)
     summary = infer(session, input=str(prep_dir / "texts"), output=str(tmp_path), output_dirname="t", outfmt="NPY")
     session.close()
@@ -297,16 +342,6 @@ def test_multi_device_split(oms, prep_dir, tmp_path, capsys):
     assert summary["throughput"] == pytest.approx(sum(s["throughput"] for s in summary["devices"].values()))
     _, total = aisbench.parse_throughput(capsys.readouterr().out)
     assert total == pytest.approx(summary["throughput"])
-
-
-def test_recall_through_om_equals_onnx_runtime(oms, tiny_onnx, prep_dir, tmp_path, recall_gap_explained):
-    for name, model in (("om", oms), ("onnx", None)):
-        for tower, folder in (("vision", "images"), ("text", "texts")):
-            session = open_session("auto", str(model[f"{tower}_4"]) if model else str(onnx_path(tiny_onnx, tower)))
-            infer(session, input=str(prep_dir / folder), output=str(tmp_path / name), output_dirname=tower,
-                  outfmt="NPY", batchsize=4)
-    explained, _ = recall_gap_explained(tmp_path / "om", tmp_path / "onnx", prep_dir / "manifest.json")
-    assert explained
 
 
 @pytest.mark.parametrize("wording", [0, 1, 2])
@@ -336,6 +371,24 @@ def test_via_ais_bench_reports_the_models_batch(oms, tmp_path, tools):
     assert call["argv"] == ["--model", str(oms["vision_4"]), "--batchsize", "4", "--loop", "5"]
     (line,) = aisbench.parse_throughput(result.stdout)[0]
     assert line["batchsize"] == 4 and line["throughput"] == pytest.approx(4000 / line["compute_ms"])
+
+
+def test_one_folder_per_model_input_as_ais_bench_takes_it(oms, prep_dir, tmp_path, tools):
+    """`--input d1,d2` names two model inputs: ais_bench refuses it for a one-input model, and so does the kit's
+    runner, in ais_bench's words (it used to run both folders' files as one input)."""
+    two = f"{prep_dir / 'images'},{prep_dir / 'images'}"
+    refused = "args input dir num:2 not equal to model inputs num:1"
+    tool = subprocess.run([sys.executable, "-m", "ais_bench", "--model", str(oms["vision_4"]), "--input", two],
+                          capture_output=True, text=True)
+    assert tool.returncode != 0 and refused in tool.stdout
+    kit = infer_cli("--model", oms["vision_4"], "--input", two, "--output", tmp_path)
+    assert kit.returncode == 2 and kit.stderr.startswith(f"error: --input {two}: {refused}")
+    assert kit.stderr.count("\n") == 1 and not list(tmp_path.rglob("*_0.bin"))
+    files = sorted((prep_dir / "images").glob("*.npy"))[:4]  # files, though, are all one input's, in the order given
+    listed = infer_cli("--model", oms["vision_4"], "--input", ",".join(map(str, files)), "--output", tmp_path,
+                       "--output_dirname", "listed", "--outfmt", "NPY")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(p.name for p in (tmp_path / "listed").glob("*_0.npy")) == sorted(f"{p.stem}_0.npy" for p in files)
 
 
 def test_length_buckets_need_the_kits_runner(oms, tmp_path, tools):

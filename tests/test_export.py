@@ -79,10 +79,12 @@ def test_uncached_tag_fails_fast_with_download_hint(monkeypatch, tmp_path):
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as the client reads the variable, at import
     with pytest.raises(KitError) as error:
         load_model("ViT-B-32", "laion2b_s34b_b79k")
     message = str(error.value)
     assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message and "--pretrained" in message
+    assert "HF_HUB_OFFLINE=1 forbids downloading them" in message
 
 
 def test_unknown_tag_lists_known_ones():

@@ -67,14 +67,29 @@ def natural(name):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def input_files(inputs):
-    files = []
-    for item in inputs.split(","):
-        if os.path.isdir(item):
-            files += [os.path.join(item, n) for n in sorted(os.listdir(item), key=natural) if n.endswith(SUFFIXES)]
-        else:
-            files.append(item)
-    return files
+def input_files(inputs, model_inputs):
+    """--input as io_oprations.check_input_parameter takes it: files (all of them, as given), or exactly one folder
+    per model input; anything else is refused."""
+    items = inputs.split(",")
+    if os.path.isfile(items[0]):
+        missing = [item for item in items if not os.path.isfile(item)]
+        if missing:
+            print(f"[ERROR] Invalid input args.--input:{items} input[{items.index(missing[0])}]:{missing[0]} not exist")
+            raise RuntimeError()
+        return items
+    if not os.path.isdir(items[0]):
+        print(f"[ERROR] Invalid args. {items[0]}  of --input is invalid")
+        raise RuntimeError()
+    if len(items) != model_inputs:
+        print(f"[ERROR] Invalid args. args input dir num:{len(items)} not equal to model inputs num:{model_inputs}")
+        raise RuntimeError()
+    return [os.path.join(items[0], n) for n in sorted(os.listdir(items[0]), key=natural) if n.endswith(SUFFIXES)]
+
+
+def compute_times(session):
+    """ms per execute: the 2023 back end's floats, or the newer one's (start, end) pairs, as each CLI reads them."""
+    summary = session.sumary() if hasattr(session, "sumary") else session.summary()
+    return [entry[1] - entry[0] if isinstance(entry, (tuple, list)) else entry for entry in summary.exec_time_list]
 
 
 def content(path, dtype):
@@ -105,31 +120,36 @@ def stats(times):
             "count": len(times)}
 
 
-def feed_of(group, per_batch, session, desc):
+def numpy_type(desc):
+    return np.dtype(str(desc.datatype).rsplit(".", 1)[-1])  # aclruntime's dtype names are numpy's
+
+
+def feed_of(group, per_batch, desc):
     """One model batch from ``group``'s files, the short last one padded with its first file."""
-    arrays = [content(f, session.np_dtype).reshape([-1] + list(desc.shape[1:])) for f in group]
+    arrays = [content(f, numpy_type(desc)).reshape([-1] + list(desc.shape[1:])) for f in group]
     return np.concatenate(arrays + [arrays[0]] * (per_batch - len(group)))
 
 
-def main(args, files, device, output_dirname):
+def main(args, device, output_dirname, share=None):
     session = InferSession(device, args.model, acl_json_path(args))
     if args.dymBatch:
         session.set_dynamic_batchsize(args.dymBatch)
     desc = session.get_inputs()[0]
+    files = share if share is not None else (input_files(args.input, len(session.get_inputs())) if args.input else [])
     batchsize = args.batchsize if args.batchsize is not None else (args.dymBatch or desc.shape[0])
     model_batch = args.dymBatch or desc.shape[0]  # -1 on a dynamic-batch OM without --dymBatch
     out_dir = os.path.join(args.output, output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")) if args.output else None
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     filesinfo = {}
-    zeros = np.zeros([model_batch] + list(desc.shape[1:]), dtype=session.np_dtype)
+    zeros = np.zeros([model_batch] + list(desc.shape[1:]), dtype=numpy_type(desc))
     per_batch = 1
     if files:
-        per_file = content(files[0], session.np_dtype).reshape([-1] + list(desc.shape[1:])).shape[0]
+        per_file = content(files[0], numpy_type(desc)).reshape([-1] + list(desc.shape[1:])).shape[0]
         per_batch = model_batch // per_file
     for _ in range(args.warmup_count):  # the first batch's files (infileslist[0]), untimed
-        session.infer([zeros if not files else feed_of(files[:per_batch], per_batch, session, desc)])
-    session.reset_sumaryinfo()  # warm-up dropped
+        session.infer([zeros if not files else feed_of(files[:per_batch], per_batch, desc)])
+    (session.reset_sumaryinfo if hasattr(session, "reset_sumaryinfo") else session.reset_summaryinfo)()  # warm-up
     if not files:
         for _ in range(args.loop):
             output = session.infer([zeros])[0]
@@ -138,7 +158,7 @@ def main(args, files, device, output_dirname):
     else:
         for index in range(math.ceil(len(files) / per_batch)):
             group = files[index * per_batch:(index + 1) * per_batch]
-            feed = feed_of(group, per_batch, session, desc)
+            feed = feed_of(group, per_batch, desc)
             for _ in range(args.loop):
                 output = session.infer([feed])[0]
             for j, path in enumerate(group):
@@ -148,7 +168,7 @@ def main(args, files, device, output_dirname):
                     target = os.path.join(out_dir, f"{os.path.basename(path).split('.')[0]}_0.{args.outfmt.lower()}")
                     save(target, output[j * per_file:(j + 1) * per_file])
                     entry["outfiles"].append(target)
-    times = session.sumary().exec_time_list
+    times = compute_times(session)
     compute = stats(times)
     throughput = 1000 * batchsize / compute["mean"] if compute["mean"] else 0
     print("[INFO] -----------------Performance Summary------------------")
@@ -169,7 +189,7 @@ def main(args, files, device, output_dirname):
 def device_run(job):
     args, files, device, dirname, index = job
     start = time.time()
-    throughput = main(args, files, device, dirname)
+    throughput = main(args, device, dirname, files)
     return index, throughput, start, time.time()
 
 
@@ -193,10 +213,10 @@ if __name__ == "__main__":
         print("[ERROR] when dump or profiler, miss output path, please check them!", file=sys.stderr)
         raise RuntimeError("miss output parameter!")
     record("ais_bench", argv=sys.argv[1:])
-    files = input_files(args.input) if args.input else []
     if not isinstance(args.device, list):
-        main(args, files, args.device, args.output_dirname)
+        main(args, args.device, args.output_dirname)
         sys.exit(0)
+    files = input_files(args.input, 1) if args.input else []  # the kit's OMs have one input
     chunk = math.ceil(len(files) / len(args.device)) if files else 0
     shares = [files[i * chunk:(i + 1) * chunk] for i in range(len(args.device))] if files else [[]] * len(args.device)
     dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")

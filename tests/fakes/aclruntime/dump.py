@@ -14,10 +14,9 @@ more): two files ``{op_type}.{op_name}.{stream_id}.{task_id}.{timestamp}.4.{cont
 each with its slice of the data and an ``attr`` JSON (``slice_instance_num``, ``threadMode``, ``outputCutList``,
 ``output_tensor_slice``) as msaccucmp's FFTS parser reads it. Other ops: ``{op_type}.{op_name}.{task_id}.{stream_id}.{timestamp}``.
 
-Float tensors are stored as the OM computes them: fp16 unless atc was told to keep fp32
-(``--precision_mode=force_fp32`` / ``must_keep_origin_dtype``, or the node listed in ``--keep_dtype``),
-so an fp16 overflow shows as inf; the values themselves come from ONNX Runtime in fp32, rounded — a
-stand-in, not an fp16 kernel. Which ops atc really fuses, slices or stores in which format depends on its
+Values are what the OM computes (om.py: at the precision atc compiled it for); each is stored in the precision
+the op that made it wrote it in — fp16 unless atc kept it fp32 — so an fp16 overflow shows as inf (bf16 values
+are stored as float32). Which ops atc really fuses, slices or stores in which format depends on its
 fusion passes and the chip; only the shapes of those outcomes are modelled here."""
 
 import json
@@ -168,56 +167,43 @@ def _write(path, name, inputs, outputs, attr=None):
 
 
 class Dumper:
+    """Writes one iteration folder per execution of the OM: each op's inputs and outputs as the OM holds them
+    (``values``, computed at the OM's precision by om.CompiledModel; ``stored``: the precision each value's
+    producer wrote it in — fp16 values are stored as fp16, so an overflow shows as inf)."""
+
     def __init__(self, om, dump_path, device_id, model_name):
         import onnx
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
 
         model = onnx.load(om["onnx"])
-        keep_file = next((flag.split("=", 1)[1] for flag in om["flags"] if flag.startswith("--keep_dtype=")), None)
-        self.kept = set()
-        if keep_file:
-            with open(keep_file, encoding="utf-8") as handle:
-                self.kept = {line.strip() for line in handle if line.strip()}
-        self.all_fp32 = any(flag in ("--precision_mode=force_fp32", "--precision_mode=must_keep_origin_dtype")
-                            for flag in om["flags"])
         nodes = [node for node in model.graph.node if node.op_type not in ("Constant",) and node.output]
-        present = {output.name for output in model.graph.output}
-        self.ops = fused_ops(nodes, present)
-        produced = {name for node in nodes for name in node.output if name}
-        inferred = onnx.shape_inference.infer_shapes(model)
-        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(model.graph.output)}
-        model.graph.output.extend(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None)
-                                  for name in sorted(produced - present))
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        self.names = [output.name for output in self.session.get_outputs()]
+        self.ops = fused_ops(nodes, {output.name for output in model.graph.output})
         self.initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
         self.root = os.path.join(dump_path, time.strftime("%Y%m%d%H%M%S"), str(device_id), model_name, "1")
         self.device_id = int(device_id)
         self.iteration = 0
         self.stamp = 0
 
-    def _stored(self, array, op):
+    @staticmethod
+    def _stored(array, precision):
         array = np.asarray(array)
-        if array.dtype == np.float32 and not self.all_fp32 and op.original not in self.kept:
+        if array.dtype == np.float32 and precision == "fp16":
             with np.errstate(over="ignore"):
                 return array.astype(np.float16)
-        return array
+        return array  # fp32, and bf16 values (already bf16-rounded) as fp32: the kit never compiles bf16
 
     def _timestamp(self):
         self.stamp += 1
         return int(time.time() * 1e6) + self.stamp
 
-    def dump(self, feed):
-        values = dict(zip(self.names, self.session.run(None, feed)))
-        values.update(feed)
-        values.update(self.initializers)
+    def dump(self, feed, values, stored):
+        values = {**values, **feed, **self.initializers}
         folder = os.path.join(self.root, str(self.iteration))
         self.iteration += 1
         os.makedirs(folder, exist_ok=True)
         for task, op in enumerate(self.ops, start=1):
-            inputs = [a for a in (self._stored(values[name], op) for name in op.inputs if name in values) if a.dtype in DT]
-            outputs = [a for a in (self._stored(values[name], op) for name in op.outputs if name in values)
+            inputs = [a for a in (self._stored(values[name], stored.get(name)) for name in op.inputs if name in values)
+                      if a.dtype in DT]
+            outputs = [a for a in (self._stored(values[name], stored.get(name)) for name in op.outputs if name in values)
                        if a.dtype in DT]
             if op.op_type in THREAD_SLICED and outputs and all(a.ndim and a.shape[0] >= 2 for a in outputs):
                 self._dump_thread_slices(folder, task, op, inputs, outputs)
