@@ -309,8 +309,9 @@ def is_up_to_date(job):
 
 
 def first_error(log_text):
-    """The first E-code line of an atc log, or its first line mentioning an error."""
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    """The first E-code line of atc's output in its log, or its first line mentioning an error; the command line
+    the kit wrote above it (``$ atc …``) is not atc's output, and a path word like EXPORT reads as a code."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip() and not line.startswith("$ ")]
     for line in lines:
         if ERROR_CODE.search(line):
             return line[:200]
