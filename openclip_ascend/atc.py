@@ -24,6 +24,7 @@ from .files import KitError, atomic_path, write_json, write_text
 
 ATC_SUCCESS = "ATC run success"
 ERROR_CODE = re.compile(r"\b(E[0-9A-Z]{5})\b")
+NEWER_ERROR_LINE = re.compile(r"^\[PID: ?\d+\].*?\((E[0-9A-Z]{5})\):\s*(.*)$")
 PRECISION_FLAGS = ("--precision_mode", "--precision_mode_v2")
 
 
@@ -309,10 +310,16 @@ def is_up_to_date(job):
 
 
 def first_error(log_text):
-    """The first E-code line of an atc log, or its first line mentioning an error."""
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    for line in lines:
+    """The first E-code line of atc's output in its log, or its first line mentioning an error; the command line
+    the kit wrote above it (``$ atc …``) is not atc's output, and a path word like EXPORT reads as a code."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip() and not line.startswith("$ ")]
+    for index, line in enumerate(lines):
         if ERROR_CODE.search(line):
+            # CANN 8.5+ writes "[PID: n] <time> <title>(E10001): message": said as "E10001: message", as older atc
+            newer = NEWER_ERROR_LINE.search(line)
+            line = f"{newer.group(1)}: {newer.group(2)}" if newer else line
+            if line.rstrip(".!").endswith("Inner Error") and index + 1 < len(lines):
+                line = f"{line} {lines[index + 1]}"  # the cause is on the next line
             return line[:200]
     for line in lines:
         if "error" in line.lower() or "failed" in line.lower():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from openclip_ascend import aisbench
-from openclip_ascend.atc import plan_jobs, run_jobs
-from openclip_ascend.backends import AscendSession, open_session
+from openclip_ascend.atc import ATC_PRECISION_MODES, plan_jobs, run_jobs
+from openclip_ascend.backends import AscendSession, OnnxRuntimeSession, open_session
 from openclip_ascend.export import onnx_path
 from openclip_ascend.files import KitError
 from openclip_ascend.npu import detect_soc_version, parse_npu_smi, soc_version_of
@@ -168,6 +168,96 @@ def test_one_gear_is_refused_before_atc(tools, tiny_onnx, tmp_path):
     (job,) = plan_jobs(tiny_onnx, ["text"], [1, 8], "Ascend910B4", tmp_path, dynamic_batch=True)
     job.command[-1] = "--dynamic_batch_size=8"  # what the kit no longer writes: the stand-in refuses it as atc does
     assert run_jobs([job])[0].error.startswith("E10035")
+
+
+def test_unknown_soc_version_is_atcs_refusal_in_the_table(tools, tiny_onnx, tmp_path):
+    """--soc-version goes to atc unchecked; atc refuses one without a platform config. EXPORT: a path word
+    that reads like an E-code, in the command line the kit writes at the top of each log."""
+    out = tmp_path / "EXPORT"
+    result = convert("--onnx-prefix", str(tiny_onnx), "--batch-sizes", "1", "--soc-version", "Ascend910B9",
+                     "--output-dir", str(out))
+    assert result.returncode == 1 and len(tools("atc")) == 2
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| vision | 1 |", "| text | 1 |"))]
+    assert len(rows) == 2 and all("| failed |" in row for row in rows)
+    assert all("| EE1011: rtSetSocVersion failed. Value Ascend910B9 for parameter ver is invalid." in row for row in rows)
+    # the chips the reference names, A3's included, have platform configs
+    jobs = [job for soc in ("Ascend910_9391", "Ascend310B4", "Ascend910B2C")
+            for job in plan_jobs(tiny_onnx, ["text"], [1], soc, out / soc)]
+    assert [job.status for job in run_jobs(jobs, parallel=2)] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("atc_args,code,says", [
+    ("--op_select_implmode=high_perf", "E10001", "Value high_perf for parameter --op_select_implmode is invalid."),
+    ("--optypelist_for_implmode=Gelu", "E10001", "--op_select_implmode and --optypelist_for_implmode must be set"),
+    ("--log=verbose", "E10010", "Value verbose for parameter --log is invalid."),
+    # another input name: the graph's own input keeps its symbolic batch
+    ("--input_shape=tokens:1,77", "E10001", "Value NULL for parameter --input_shape is invalid."),
+    ("'--input_shape=text:1,77;tokens:1,77'", "E10016", "Op name tokens specified in --input_shape is not found"),
+    ("--op_select_implmode=high_precision --optypelist_for_implmode=Gelu --log=info", None, None),
+])
+def test_atc_args_atc_refuses_come_back_as_failed_jobs(tools, tiny_onnx, tmp_path, atc_args, code, says):
+    (job,) = run_jobs(plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path, atc_args=atc_args))
+    if code is None:
+        assert job.status == "ok" and job.om is not None
+    else:
+        assert job.status == "failed" and job.om is None
+        assert job.error.startswith(f"{code}: ") and says in job.error
+
+
+def test_precision_modes_atc_refuses_are_refused_before_atc(tools, tiny_onnx, tmp_path):
+    result = convert("--onnx-prefix", str(tiny_onnx), "--batch-sizes", "1", "--precision-mode", "vision=mixed,text=fp17",
+                     "--output-dir", str(tmp_path))
+    assert result.returncode == 2 and tools("atc") == [] and result.stderr.count("\n") == 1
+    assert "--precision-mode vision=mixed,text=fp17: 'fp17' is neither a preset" in result.stderr
+    with pytest.raises(KitError, match="--precision-mode-v2 fp17: atc accepts fp16, origin"):
+        plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path, precision_mode_v2="fp17")
+    # every atc mode the kit lets through, atc compiles
+    jobs = [job for mode in ATC_PRECISION_MODES
+            for job in plan_jobs(tiny_onnx, ["text"], [1], "Ascend910B4", tmp_path / mode, precision_mode=mode)]
+    assert {job.status for job in run_jobs(jobs, parallel=2)} == {"ok"}
+    jobs[0].command[-1] = "--precision_mode=fp17"  # what the kit refuses: atc's refusal, had it got there
+    assert run_jobs([jobs[0]], force=True)[0].error.startswith("E10001: Value fp17 for parameter --precision_mode")
+
+
+def commented(config):
+    """An AIPP config as people write them: CRLF, a comment line, a comment after every value."""
+    lines = [line + (f"  # {line.split(':')[0].strip()}: was set here" if ":" in line else "")
+             for line in config.splitlines()]
+    return "\r\n".join(["# AIPP for CLIP, see ATC's docs: insert_op_conf"] + lines) + "\r\n"
+
+
+def test_aipp_configs_as_atc_reads_them(tools, tiny_onnx, prep_dir, tmp_path):
+    """Through the aipp preset: a commented config compiles and the OM normalises with the values the kit
+    reads from it; a line that does not parse (a full-width colon) and an AIPP block on the ND text input
+    fail as atc fails."""
+    from openclip_ascend.aipp import aipp_config, block_for_input, emulate, parse_aipp_config, to_uint8
+    from openclip_ascend.atc_presets import parse_variants, variant_jobs
+    from openclip_ascend.dataset import load_prepared
+
+    manifest, arrays, _ = load_prepared(prep_dir, images=2)
+    pre = manifest.preprocess
+    text = commented(aipp_config(pre["mean"], pre["std"], *pre["size"]))
+    good, full_width = tmp_path / "aipp.cfg", tmp_path / "aipp_fw.cfg"
+    good.write_bytes(text.encode())
+    full_width.write_bytes(text.replace("min_chn_1 :", "min_chn_1 ：").encode())
+    (aipp,) = parse_variants("aipp")
+    (job,) = run_jobs(variant_jobs(tiny_onnx, aipp, ["vision"], [2], "Ascend910B4", tmp_path, aipp_config=good))
+    assert job.status == "ok", job.error
+    session = open_session("auto", str(job.om))
+    u8 = to_uint8(arrays["vision"], pre["mean"], pre["std"])
+    assert session.input_shape == (2, *pre["size"], 3) and session.input_dtype == np.uint8
+    expected = OnnxRuntimeSession(onnx_path(tiny_onnx, "vision")).run(
+        emulate(u8, block_for_input(parse_aipp_config(text, "aipp.cfg"))))
+    assert np.allclose(session.run(u8), expected, atol=1e-5)
+    session.close()
+    (job,) = run_jobs(variant_jobs(tiny_onnx, aipp, ["vision"], [2], "Ascend910B4", tmp_path / "fw",
+                                   aipp_config=full_width))
+    assert job.status == "failed" and job.error == f"E13005: Failed to parse file {full_width}."
+    vision, text_job = run_jobs(plan_jobs(tiny_onnx, ["vision", "text"], [2], "Ascend910B4", tmp_path / "both",
+                                          atc_args=f"--insert_op_conf={good}"))
+    assert vision.status == "ok" and text_job.status == "failed"
+    assert text_job.error.startswith("E70002: In op[text_0_aipp], the format of input[images] should be one of "
+                                     "[NCHW, NHWC or NC1HWC0_C04], but actually is [ND].")
 
 
 def test_310p_has_no_fp32_preset_and_keeps_only_vector_ops(tools, tiny_onnx, tmp_path):
@@ -494,3 +584,19 @@ def test_busy_npu_readings_are_recorded_and_marked_in_the_report(tmp_path):
         {"throughput": {"ascend": {"8": {"vision": 285.0}}}, "latency_ms": {}, "loops": 20, "npu_state": readings,
          "npu_warnings": warnings}))
     assert "**Measured on a busy NPU, figures unreliable**: NPU device 0 is busy" in write_report(tmp_path)[0].read_text()
+
+
+@pytest.mark.parametrize("log,expected", [
+    ("$ atc --output=EXPORT/m\nATC run failed, Please check the detail log\nE10001: Value [x] for parameter [--y] is "
+     "invalid.\n", "E10001: Value [x] for parameter [--y] is invalid."),
+    ("ATC run failed\n[PID: 4077] 2026-06-01-10:00:00.123 Invalid parameter(E10016): Opname [text] specified in "
+     "--input_shape is not found in the model.\n", "E10016: Opname [text] specified in --input_shape is not found"),
+    ("ATC run failed\nE19999: Inner Error!\n        Read proto from text ret fail, file: aipp.cfg\n",
+     "E19999: Inner Error! Read proto from text ret fail, file: aipp.cfg"),
+])
+def test_first_error_reads_every_layout_atc_prints(log, expected):
+    """CANN up to 8.0 (`CODE: message`), 8.5+ (`[PID: n] <time> <title>(CODE): message`) and an inner error whose
+    cause is on the next line: the table gets `CODE: cause`, never the command line the kit wrote above."""
+    from openclip_ascend.atc import first_error
+
+    assert first_error(log).startswith(expected)
