@@ -191,7 +191,8 @@ def read_annotations(path, problems=None):
 
 def read_coco_annotations(path):
     """CLIP_benchmark's MSCOCO annotation file into a Manifest: images in id order (as torchvision's
-    CocoCaptions lists them), named ``val2014/{file_name}``, their captions in file order."""
+    CocoCaptions lists them), named ``val2014/{file_name}``, their captions in file order. An image without
+    captions stays, as it does there: a distractor for every caption, and a text-retrieval miss."""
     import json
 
     path = Path(path)
@@ -210,10 +211,10 @@ def read_coco_annotations(path):
         if image_id not in files:
             raise KitError(f"{path}: a caption names image id {image_id}, which \"images\" does not list")
         by_image.setdefault(image_id, []).append(text)
-    ids = sorted(image_id for image_id in files if image_id in by_image)
+    ids = sorted(files)
     images = [f"{COCO_IMAGES}/{files[image_id]}" for image_id in ids]
     captions = [Caption(stem=f"{image_stem(files[image_id])}_{k}", image=index, text=text)
-                for index, image_id in enumerate(ids) for k, text in enumerate(by_image[image_id])]
+                for index, image_id in enumerate(ids) for k, text in enumerate(by_image.get(image_id, []))]
     if not captions:
         raise KitError(f"{path}: no captions")
     return Manifest(images=images, captions=captions)

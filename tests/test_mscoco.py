@@ -62,3 +62,32 @@ def test_bad_coco_annotations_are_one_line(tmp_path):
     (tmp_path / "coco_test_karpathy.json").write_text("[]")
     with pytest.raises(KitError, match="not a COCO captions file"):
         read_coco_annotations(tmp_path / "coco_test_karpathy.json")
+
+
+def test_an_image_without_captions_stays_as_clip_benchmark_keeps_it(tmp_path):
+    """CocoCaptions lists every image id, captions or not: such an image is a distractor for every caption and a
+    text-retrieval miss. Dropping it (as the kit once did) makes both recalls look better than CLIP_benchmark's."""
+    import torch
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+
+    from openclip_ascend.metrics import evaluate_retrieval
+
+    images = [{"id": i, "file_name": f"{name}.jpg"} for i, name in ((1, "a"), (2, "lone"), (3, "c"))]
+    annotations = [{"image_id": 1, "caption": "a"}, {"image_id": 3, "caption": "c"}]
+    (tmp_path / "coco_test_karpathy.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    manifest = read_coco_annotations(tmp_path / "coco_test_karpathy.json")
+    assert manifest.images == ["val2014/a.jpg", "val2014/lone.jpg", "val2014/c.jpg"]
+    assert [c.image for c in manifest.captions] == [0, 2]
+    # the caption-less image is each caption's best match: every caption misses at k=1; images a and c find their
+    # own caption first, the lone image has none to find
+    image_embeds = np.array([[1.0, 0.2], [0.3, 1.0], [0.0, 1.0]], dtype=np.float32)
+    text_embeds = np.array([[0.35, 1.0], [0.25, 1.0]], dtype=np.float32)
+    result = evaluate_retrieval(image_embeds, text_embeds, [c.image for c in manifest.captions], ks=(1,))
+    scores = torch.from_numpy(text_embeds / np.linalg.norm(text_embeds, axis=1, keepdims=True)) @ \
+        torch.from_numpy(image_embeds / np.linalg.norm(image_embeds, axis=1, keepdims=True)).T
+    positive = torch.zeros(2, 3, dtype=torch.bool)
+    positive[0, 0] = positive[1, 2] = True
+    theirs_text_to_image = (recall_at_k(scores, positive, 1) > 0).float().mean().item()
+    theirs_image_to_text = (recall_at_k(scores.T, positive.T, 1) > 0).float().mean().item()
+    assert result.metrics["image_retrieval_recall@1"] == theirs_text_to_image == 0.0
+    assert result.metrics["text_retrieval_recall@1"] == pytest.approx(theirs_image_to_text) == pytest.approx(2 / 3)
