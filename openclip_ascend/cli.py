@@ -66,6 +66,18 @@ def _unexpected():
     sys.exit(EXIT_UNEXPECTED)
 
 
+def described(doc, prog):
+    """A command's help text with its examples as the user types them: ``openclip-ascend infer …`` when run as
+    the ``openclip-ascend`` subcommand (after ``pip install``), ``python openclip_infer.py …`` from a checkout."""
+    if not prog or not prog.startswith("openclip-ascend "):
+        return doc
+    from .commands import COMMANDS
+
+    for name, (_, script, _) in COMMANDS.items():
+        doc = doc.replace(f"python {script}", f"openclip-ascend {name}")
+    return doc
+
+
 def print_result(result):
     """timm-style: one JSON document at the end of the run."""
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))

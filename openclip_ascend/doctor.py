@@ -67,20 +67,6 @@ def python_checks():
     return checks
 
 
-def cann_version(home):
-    """The toolkit version as the install records it (``Version=`` in a package's version.info, or the
-    toolkit's ``ascend_toolkit_install.info``)."""
-    candidates = [home / "compiler" / "version.info", home / "runtime" / "version.info"]
-    candidates += sorted(home.glob("*-linux/ascend_toolkit_install.info"))
-    for path in candidates:
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                key, sep, value = line.partition("=")
-                if sep and key.strip().lower() == "version" and value.strip():
-                    return value.strip(), path
-    return None, None
-
-
 def cann_checks(npu_path):
     home = os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")
     status = _npu_status(npu_path)
@@ -98,6 +84,8 @@ def cann_checks(npu_path):
                     f"ASCEND_TOOLKIT_HOME={home}" + ("" if str(home) in libraries else
                                                     "; LD_LIBRARY_PATH lacks its libraries"),
                     "" if str(home) in libraries else f"source {home.parent / 'set_env.sh'} in this shell")]
+    from .npu import cann_version
+
     version, source = cann_version(home)
     checks.append(Check("CANN version", OK if version else WARN, f"{version} ({source})" if version else
                         f"no version.info under {home}", "" if version else "check the toolkit install"))

@@ -11,8 +11,24 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .files import KitError
+
+def cann_version(home):
+    """The CANN toolkit version as the install records it (``Version=`` in a package's version.info, or the
+    toolkit's ``ascend_toolkit_install.info``) → (version, the file it came from), or (None, None)."""
+    home = Path(home)
+    candidates = [home / "compiler" / "version.info", home / "runtime" / "version.info"]
+    candidates += sorted(home.glob("*-linux/ascend_toolkit_install.info"))
+    for path in candidates:
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip().lower() == "version" and value.strip():
+                    return value.strip(), path
+    return None, None
+
 
 SOC_HINT = "pass --soc-version (e.g. Ascend910B4, Ascend310P3; `npu-smi info -t board -i 0` shows the chip)"
 

@@ -142,7 +142,7 @@ def resolve_backend(requested):
     NPU host a missing ais_bench, aclruntime or atc is an error, never a silent CPU run; without npu-smi
     it is ONNX Runtime on the CPU."""
     if requested in ("ascend", "onnxruntime"):
-        return requested, "as set"
+        return requested, "as chosen for this run"
     if requested != "auto":
         raise KitError(f"BACKEND={requested!r}: choose auto, ascend or onnxruntime")
     if shutil.which("npu-smi") is None:
@@ -180,7 +180,7 @@ def _preprocess_retrieval(config):
     manifest = preprocess_dataset(data_dir, config.prep, config.model_name, config.pretrained, config.workers,
                                   on_error=config.on_error, dataset=dataset)
     return {"dataset": dataset, "images": len(manifest.images), "captions": len(manifest.captions),
-            "skipped": len(manifest.skipped)}
+            "skipped": len(manifest.skipped), **({"generated": True} if config.data_dir is None else {})}
 
 
 def _preprocess_zeroshot(config):
@@ -435,7 +435,7 @@ def _retrieval_accuracy(config, read):
     import sys
 
     from .postprocess import degenerate_warning, evaluate_folders, retrieval_record, tie_note
-    from .tables import comparison_table, metrics_line, recall_table, save_table
+    from .tables import comparison_table, metrics_line, plot_accuracy, recall_table, save_table
 
     backends = backends_of(config)
     accuracy = []
@@ -471,6 +471,7 @@ def _retrieval_accuracy(config, read):
     if config.reference:
         print(save_table(config.output_dir / "accuracy_vs_torch", *comparison_table(accuracy),
                          title="Against PyTorch: recall@5 and embedding agreement"))
+    plot_accuracy(accuracy, config.output_dir / "accuracy.png", _title(config))
     return accuracy
 
 
@@ -535,7 +536,8 @@ def step_performance(config):
         print(save_table(config.output_dir / f"throughput_{backend}",
                          *throughput_table(by_batch, noisy_cells(spreads[backend])),
                          title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
-    plot_throughput(throughput, config.output_dir / "throughput.png")
+    plot_throughput(throughput, config.output_dir / "throughput.png", _title(config),
+                    {backend: noisy_cells(by_batch) for backend, by_batch in spreads.items()})
     performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops,
                    "per_device": per_device, "spread": spreads, "npu_state": npu_state, "npu_warnings": busy}
     if config.profile:
@@ -565,11 +567,24 @@ def _profile(config, fps_by_batch):
     return records
 
 
+def _title(config):
+    """The plots' title: model, device and data, as the report names them."""
+    from .report import run_title
+
+    path = config.output_dir / "results.json"
+    return run_title(read_json(path) if path.is_file() else {"model_name": config.model_name})
+
+
 def step_report(config):
     from .report import write_report
+    from .verdict import judge, terminal_lines
 
     path, published = write_report(config.output_dir, config.stale)
-    print(f"report: {path}")
+    print(f"report: {path} (results.json, accuracy.png and throughput.png beside it)")
+    accuracy = config.output_dir / "accuracy.json"
+    if accuracy.is_file():
+        for line in terminal_lines(judge(read_json(accuracy))):
+            print(line)
     return {"path": str(path), "published": published}
 
 
@@ -634,7 +649,7 @@ def run_steps(config, steps=tuple(STEPS)):
     results_path = config.output_dir / "results.json"
     results = read_json(results_path) if results_path.is_file() else {}
     results.update({"model_name": config.model_name, "pretrained": config.pretrained,
-                    "random_weights": config.random_weights, "backend": backend})
+                    "random_weights": config.random_weights, "backend": backend, "python": sys.executable})
     commands = results.setdefault("commands", {})
     write_json(results_path, results)  # what the run is, before any step reads it
     for number in steps:

@@ -34,7 +34,7 @@ def metrics_line(result, k=5):
 
 def recall_table(results):
     """results: [{"backend", "batch_size", "metrics", "ties", "check"}] → (headers, rows) with R@1/5/10 both
-    ways; † marks a figure exact ties lowered (``tie_footnotes`` says by how much), and the last column
+    ways; † marks a figure exact ties lowered (``tie_summary`` says by how much), and the last column
     is step 5's verdict on the embeddings."""
     columns = [(key, label) for key, label in RECALL_COLUMNS if any(key in r["metrics"] for r in results)]
     headers = ["backend", "batch size"] + [label for _, label in columns] + ["check"]
@@ -49,28 +49,61 @@ def check_cell(result):
     return "**FAILED**: degenerate embeddings" if result.get("check") == "failed" else "passed"
 
 
-def tie_footnotes(results):
-    """† lines: which figures exact ties lowered, for how many queries, and the optimistic value."""
-    return [f"† {r['backend']} bs{r.get('batch_size', '')} {key}: exact ties touch {tie['queries']} queries and are "
-            f"counted against the positive; {tie['optimistic']:.4f} if they went to it"
-            for r in results for key, tie in r.get("ties", {}).items()]
+def tie_summary(results):
+    """One † line per metric that exact ties lowered: which runs, how many queries at most, and the range of
+    the figure had the ties gone to the positive."""
+    lines = []
+    for key in dict.fromkeys(key for r in results for key in r.get("ties", {})):
+        touched = [r for r in results if key in r.get("ties", {})]
+        runs = ", ".join(f"{backend} bs {', '.join(str(r['batch_size']) for r in touched if r['backend'] == backend)}"
+                         for backend in dict.fromkeys(r["backend"] for r in touched))
+        queries = max(r["ties"][key]["queries"] for r in touched)
+        optimistic = sorted(r["ties"][key]["optimistic"] for r in touched)
+        value = f"{optimistic[0]:.4f}" if optimistic[0] == optimistic[-1] else f"{optimistic[0]:.4f}–{optimistic[-1]:.4f}"
+        lines.append(f"† {key}: exact ties touch up to {queries} queries ({runs}), counted against the positive; "
+                     f"{value} if they went to it.")
+    return lines + [""] if lines else []
+
+
+def collapse_batches(headers, rows):
+    """Rows that differ only in their batch size (the second column) as one row listing the batch sizes."""
+    merged = {}
+    for row in rows:
+        key = (row[0],) + tuple(row[2:])
+        if key in merged:
+            merged[key][1] = f"{merged[key][1]}, {row[1]}"
+        else:
+            merged[key] = list(row)
+    return headers, list(merged.values())
+
+
+def _best_mark(value, best, noisy):
+    """A figure is marked best only when it is the column's best and its timing is not noisy."""
+    cell = "" if value is None else f"{value:.1f}"
+    if value is not None and value == best and not noisy:
+        cell = f"**{cell}**"
+    return f"{cell} (noisy)" if noisy else cell
+
+
+def tower_throughput_table(throughput, tower, noisy):
+    """One tower's ModelZoo-style table: ``BatchSize | {backend} fps …`` (``throughput``: {backend: {batch:
+    {tower: fps}}}, ``noisy``: {backend: (batch, tower) pairs}); each backend's best figure in bold unless noisy."""
+    backends = [b for b, by_batch in throughput.items() if any(tower in row for row in by_batch.values())]
+    batches = sorted({batch for b in backends for batch in throughput[b] if tower in throughput[b][batch]})
+    best = {b: max(row[tower] for row in throughput[b].values() if tower in row) for b in backends}
+    rows = [[batch] + [_best_mark(throughput[b].get(batch, {}).get(tower), best[b], (batch, tower) in noisy.get(b, ()))
+                       for b in backends] for batch in batches]
+    return ["BatchSize"] + [f"{b} fps" for b in backends], rows
 
 
 def throughput_table(fps_by_batch, noisy=()):
-    """ModelZoo's ``BatchSize | vision fps | text fps`` table; the best figure of each column in bold,
-    figures whose runs varied too much (``noisy``: (batch, tower) pairs) marked ``(noisy)``."""
+    """ModelZoo's ``BatchSize | vision fps | text fps`` table; the best figure of each column in bold unless
+    its runs varied too much (``noisy``: (batch, tower) pairs, marked ``(noisy)``)."""
     towers = [tower for tower in ("vision", "text") if any(tower in row for row in fps_by_batch.values())]
     best = {tower: max((row[tower] for row in fps_by_batch.values() if tower in row), default=None)
             for tower in towers}
-    rows = []
-    for batch in sorted(fps_by_batch):
-        row = [batch]
-        for tower in towers:
-            value = fps_by_batch[batch].get(tower)
-            cell = "" if value is None else f"{value:.1f}"
-            cell = f"**{cell}**" if value is not None and value == best[tower] else cell
-            row.append(f"{cell} (noisy)" if (batch, tower) in noisy else cell)
-        rows.append(row)
+    rows = [[batch] + [_best_mark(fps_by_batch[batch].get(tower), best[tower], (batch, tower) in noisy)
+                       for tower in towers] for batch in sorted(fps_by_batch)]
     return ["BatchSize"] + [f"{tower} fps" for tower in towers], rows
 
 
@@ -128,31 +161,77 @@ def _fmt(value):
     return "" if value is None else f"{value:.4f}"
 
 
-def plot_throughput(throughput, path):
-    """PNG of fps against batch size (``{backend: {batch: {tower: fps}}}``, integer batches): one panel
-    per tower, one line per backend."""
+def _figure(panels, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    towers = ("vision", "text")
-    figure, axes = plt.subplots(1, len(towers), figsize=(10, 4), constrained_layout=True)
-    for axis, tower in zip(axes, towers):
-        for backend, by_batch in throughput.items():
-            batches = sorted(b for b in by_batch if tower in by_batch[b])
-            if batches:
-                axis.plot(batches, [by_batch[b][tower] for b in batches], marker="o", label=backend)
-        axis.set_xscale("log", base=2)
-        ticks = sorted({b for by_batch in throughput.values() for b in by_batch})
-        axis.set_xticks(ticks, [str(t) for t in ticks])
-        axis.set_xlabel("batch size")
-        axis.set_ylabel("samples / s")
-        axis.set_title(f"{tower} tower")
-        axis.grid(True, alpha=0.3)
-        if axis.get_lines():
-            axis.legend()
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), constrained_layout=True)
+    figure.suptitle(title, fontsize=10)
+    return plt, figure, axes
+
+
+def _batch_axis(axis, batches):
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(batches, [str(b) for b in batches])
+    axis.set_xlabel("batch size")
+    axis.grid(True, alpha=0.3)
+
+
+def _save(plt, figure, path):
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_throughput(throughput, path, title="", noisy=None):
+    """PNG of fps against batch size (``{backend: {batch: {tower: fps}}}``, integer batches) on a log2 axis: one
+    panel per tower, one line per backend, both y axes from 0; noisy figures (``noisy``: {backend: (batch, tower)
+    pairs}) drawn hollow and named in the legend."""
+    noisy = noisy or {}
+    plt, figure, axes = _figure(2, title)
+    batches = sorted({b for by_batch in throughput.values() for b in by_batch})
+    for axis, tower in zip(axes, ("vision", "text")):
+        for backend, by_batch in throughput.items():
+            points = sorted(b for b in by_batch if tower in by_batch[b])
+            if not points:
+                continue
+            line, = axis.plot(points, [by_batch[b][tower] for b in points], marker="o", label=backend)
+            hollow = [b for b in points if (b, tower) in noisy.get(backend, ())]
+            if hollow:
+                axis.plot(hollow, [by_batch[b][tower] for b in hollow], linestyle="none", marker="o", markersize=11,
+                          markerfacecolor="white", markeredgecolor=line.get_color(), label=f"{backend}: noisy timing")
+        _batch_axis(axis, batches)
+        axis.set_ylim(bottom=0)
+        axis.set_ylabel("samples / s")
+        axis.set_title(f"{tower} tower")
+        if axis.get_lines():
+            axis.legend(fontsize=8)
+    return _save(plt, figure, path)
+
+
+def plot_accuracy(accuracy, path, title="", reference="torch"):
+    """PNG of recall@5 (both ways) and the worst cosine to PyTorch per backend against batch size: what the
+    verdict rests on, at a glance."""
+    plt, figure, axes = _figure(2, title)
+    batches = sorted({r["batch_size"] for r in accuracy})
+    for backend in dict.fromkeys(r["backend"] for r in accuracy):
+        rows = sorted((r for r in accuracy if r["backend"] == backend), key=lambda r: r["batch_size"])
+        xs = [r["batch_size"] for r in rows]
+        for key, style in (("image_retrieval_recall@5", "-o"), ("text_retrieval_recall@5", "--s")):
+            axes[0].plot(xs, [r["metrics"][key] for r in rows], style, label=f"{backend} {key.split('_')[0]}")
+        agreed = [r for r in rows if r.get("agreement")]
+        if backend != reference and agreed:
+            axes[1].plot([r["batch_size"] for r in agreed],
+                         [min(a["min_cosine"] for a in r["agreement"].values()) for r in agreed], "-o", label=backend)
+    axes[0].set_ylabel("recall@5")
+    axes[0].set_title("recall@5 (image and text retrieval)")
+    axes[1].set_ylabel("worst cosine to PyTorch (both towers)")
+    axes[1].set_title(f"embeddings against {reference}")
+    for axis in axes:
+        _batch_axis(axis, batches)
+        if axis.get_lines():
+            axis.legend(fontsize=7)
+    return _save(plt, figure, path)

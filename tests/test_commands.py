@@ -1,6 +1,7 @@
 """`pip install .` gives one `openclip-ascend` command whose subcommands take the top-level scripts' flags."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,31 @@ def test_an_older_package_stops_with_one_line(monkeypatch):
     monkeypatch.setattr(metadata, "version", lambda name: "2.20.0" if name == "open_clip_torch" else real(name))
     with pytest.raises(KitError, match=r"^open_clip_torch 2\.20\.0 is older than 2\.24, the oldest this kit supports"):
         check_versions()
+
+
+def test_version_and_every_subcommand_listed(capsys):
+    from openclip_ascend import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"openclip-ascend {__version__}\n"
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for name, (_, script, _) in COMMANDS.items():
+        assert f"  {name:<12} " in listing and f"({script})" in listing
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_examples_are_what_the_user_types(name, capsys):
+    """After pip install the examples read `openclip-ascend NAME …`; a command's help is its own (perf is not the
+    pipeline's), and no example line was joined to the next by a stray backslash."""
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    text = capsys.readouterr().out
+    script = COMMANDS[name][1]
+    assert f"python {script}" not in text
+    description = text.split("options:")[0]
+    if f"openclip-ascend {name} " in description or "python " in description:
+        assert f"openclip-ascend {name} " in description
+    for line in description.splitlines():  # a docstring's lone backslash joins two example lines into one
+        assert not re.search(r"\S {4,}--", line), line
+    if name == "perf":
+        assert "Throughput sweep and report (steps 6 and 7)" in text

@@ -16,12 +16,12 @@ import argparse
 import shlex
 import sys
 
-from ..cli import csv_ints, print_result
+from ..cli import csv_ints, described, print_result
 from ..tables import markdown_table
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx-prefix", required=True, help="reads PREFIX_vision.onnx and PREFIX_text.onnx")
     parser.add_argument("--towers", default="vision,text")
     parser.add_argument("--text-lengths", default="",

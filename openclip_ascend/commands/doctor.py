@@ -22,11 +22,11 @@ import argparse
 import os
 import sys
 
-from ..cli import EXIT_CHECK_FAILED
+from ..cli import EXIT_CHECK_FAILED, described
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/doctor", help="where doctor.json, doctor.md and the smoke "
                                                                        "test's files go (default: %(default)s)")
     parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME"),

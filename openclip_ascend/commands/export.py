@@ -17,13 +17,13 @@ with convert/onnx2om.py --towers vision_npu,text_npu or the sweep's `npu` varian
 
 import argparse
 
-from ..cli import parse_text_lengths, print_result
+from ..cli import described, parse_text_lengths, print_result
 from ..export import DEFAULT_OPSET
 from ..models import DEFAULT_PRETRAINED, TINY_MODEL
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-name", default="ViT-B-32")
     parser.add_argument("--pretrained",
                         help=f"local checkpoint file, or a tag (downloaded as open_clip does, through HF_ENDPOINT "

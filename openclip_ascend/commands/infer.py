@@ -23,19 +23,19 @@ import sys
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..cli import str2bool
+from ..cli import described, str2bool
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", help=".onnx model (ONNX Runtime); .om needs the Ascend backend; several text "
                                               "models of different token lengths, comma-separated: length buckets")
     parser.add_argument("--input", "-i", help="input folders or .npy/.bin files, comma-separated (omit: pure inference)")
     parser.add_argument("--output", "-o", help="output root folder (omit: outputs are not saved, as in ais_bench)")
     parser.add_argument("--output_dirname", help="sub-folder of --output for this run (default: a timestamp)")
     parser.add_argument("--outfmt", choices=["NPY", "BIN", "TXT"], type=str.upper, help="output format (default BIN)")
-    parser.add_argument("--batchsize", type=int, help="batch of a dynamic-batch ONNX model (default: the model's "
-                                                      "static batch, else 1)")
+    parser.add_argument("--batchsize", type=int, help="ais_bench's flag and spelling: the batch of a dynamic-batch "
+                                                      "ONNX model (default: the model's static batch, else 1)")
     parser.add_argument("--loop", "-l", type=int, help="runs per batch, each timed (default 1)")
     parser.add_argument("--warmup_count", type=int, help="untimed runs first (default 1)")
     parser.add_argument("--device", "-d",

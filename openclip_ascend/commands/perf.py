@@ -2,7 +2,7 @@
 
     python openclip_perf.py --output-dir outputs/demo [--batch-sizes 1,4,8,16,32,64] [--perf-loops 50] [--int8]
 
-    python openclip_perf.py --output-dir outputs/vit_b_32 --backend ascend --batch-sizes 1,8,64 \
+    python openclip_perf.py --output-dir outputs/vit_b_32 --backend ascend --batch-sizes 1,8,64 \\
         --variants base,npu,npu+hp,npu+hp+smallch [--accuracy-subset 200] [--profile]
 
 Takes every flag and environment variable of openclip_pipeline.py; writes throughput_{backend}.md/.csv,
@@ -19,4 +19,4 @@ def main(argv=None, prog=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(arg == "--steps" or arg.startswith("--steps=") for arg in argv):
         argv = ["--steps", "6,7"] + argv
-    return pipeline.main(argv, prog)
+    return pipeline.main(argv, prog, __doc__)

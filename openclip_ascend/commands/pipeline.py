@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from ..cli import EXIT_CHECK_FAILED
+from ..cli import EXIT_CHECK_FAILED, described
 
 
 def parse_steps(text):
@@ -38,10 +38,12 @@ def parse_steps(text):
     return steps
 
 
-def main(argv=None, prog=None):
+def main(argv=None, prog=None, doc=__doc__):
+    """``doc``: the help text (openclip_perf.py runs steps 6-7 through here with its own)."""
     from .. import settings
 
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(doc, prog),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=os.environ.get("OUT") or "outputs/demo", help="run folder [OUT]")
     parser.add_argument("--steps", default="1-7", help="e.g. 1-7, 4, 5,6")
     settings.add_arguments(parser)

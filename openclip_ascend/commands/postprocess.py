@@ -12,7 +12,7 @@ model) fail the check: a warning on stderr and exit code 1.
 import argparse
 import sys
 
-from ..cli import print_result
+from ..cli import described, print_result
 from ..files import write_json
 from ..metrics import DEFAULT_RECALL_K
 from ..postprocess import (degenerate_warning, evaluate_folders, retrieval_record,
@@ -21,7 +21,7 @@ from ..tables import markdown_table, metrics_line
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vision-embeds", default="./om_outputs/vision_embed_bs8",
                         help="ais_bench output folder of the vision tower (default: %(default)s)")
     parser.add_argument("--text-embeds", default="./om_outputs/text_embed_bs8",

@@ -26,11 +26,12 @@ the OM was compiled from when it is not the one this command exports.
 
 import argparse
 
+from ..cli import described
 from ..models import DEFAULT_PRETRAINED
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["locate", "search"])
     parser.add_argument("--model-name", default="ViT-B-32")
     parser.add_argument("--pretrained", help=f"checkpoint file or tag (default: {DEFAULT_PRETRAINED}; the "

@@ -7,12 +7,12 @@
 import argparse
 import sys
 
-from ..cli import print_result
+from ..cli import described, print_result
 from ..models import TINY_MODEL
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="./flickr30k_test1k",
                         help="folder with the images and flickr30k_test_karpathy.txt (default: %(default)s)")
     parser.add_argument("--save-dir", default="./prep_data",

@@ -22,13 +22,14 @@ The pipeline's two halves, as its steps 1 and 5 run them (TASK=zeroshot):
 
 import argparse
 
+from ..cli import described
 from ..backends import BACKENDS
 
 RUNNABLE = [backend for backend in BACKENDS if backend != "auto"]
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=described(__doc__, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="ROOT/<class folder>/*.jpg")
     parser.add_argument("--dataset", choices=["imagenet1k", "cifar10", "cifar100"],
                         help="built-in class names and templates (CLIP_benchmark's)")
