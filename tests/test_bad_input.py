@@ -271,7 +271,7 @@ def test_onnx_with_two_outputs_is_refused(tmp_path):
 # --- interrupted runs ------------------------------------------------------------------------------
 
 def test_interrupted_preprocess_resumes_to_the_same_bytes(tmp_path):
-    data = write_sample_dir(tmp_path / "data", count=400, seed=3)
+    data = write_sample_dir(tmp_path / "data", count=150, seed=3)  # stopped after 20: 130 left, over a second
     command = [sys.executable, str(ROOT / "openclip_preprocess.py"), "--data-dir", str(data), "--model-name",
                TINY_MODEL, "--workers", "1", "--save-dir"]
     subprocess.run(command + [str(tmp_path / "whole")], check=True, capture_output=True)
@@ -288,13 +288,13 @@ def test_interrupted_preprocess_resumes_to_the_same_bytes(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr.decode()[-500:]
     written = list((partial / "images").glob("*.npy"))
-    assert 20 <= len(written) < 400 and not (partial / "manifest.json").exists()
+    assert 20 <= len(written) < 150 and not (partial / "manifest.json").exists()
     assert not list(partial.rglob("*.tmp"))  # nothing half-written left behind
     for path in written:
         assert np.load(path).shape == (1, 3, 224, 224)
 
     resumed = subprocess.run(command + [str(partial)], capture_output=True, text=True, check=True)
-    assert json.loads(resumed.stdout)["images"] == 400
+    assert json.loads(resumed.stdout)["images"] == 150
     whole = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
     assert whole == sorted(p.relative_to(partial) for p in partial.rglob("*") if p.is_file())
     for relative in whole:
