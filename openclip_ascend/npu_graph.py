@@ -68,6 +68,8 @@ def linear_2d(x, weight, bias=None):
 def layer_norm(norm, x):
     """open_clip's LayerNorm without its cast back to the input's dtype (a no-op for an fp32 export, but a Cast
     node between the LayerNorm and the product after it, where atc's fusion patterns want them adjacent)."""
+    if not isinstance(norm, torch.nn.LayerNorm):  # nn.Identity where a model has none (no_ln_pre)
+        return norm(x)
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
@@ -120,9 +122,10 @@ def _block(block, x, layout, mask, pool=None):
     ls_1, ls_2 = getattr(block, "ls_1", identity), getattr(block, "ls_2", identity)
     normed = layer_norm(block.ln_1, x[:, :layout.keys] if layout.keys < layout.rows else x)
     heads = _attention(block.attn, normed, mask, layout.fused_qkv, pool)
-    rows = pool.rows(x) if pool else x
-    if not pool:
-        heads = layout.pad(heads)  # padrows: the out-projection runs on the padded rows
+    if pool:
+        rows = pool.rows(x)
+    else:
+        rows, heads = x, layout.pad(heads)  # padrows: the out-projection runs on the padded rows
     rows = rows + ls_1(linear_2d(heads, block.attn.out_proj.weight, block.attn.out_proj.bias))
     return rows + ls_2(_mlp(block.mlp, layer_norm(block.ln_2, rows)))
 
