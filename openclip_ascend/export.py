@@ -98,27 +98,31 @@ def _tracing_input(model, tower, given=None, length=None):
     return fresh if given is None else np.concatenate([given, fresh[:1]]).astype(fresh.dtype)
 
 
-def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None, length=None, npu=False):
+def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=None, length=None, npu_options=None):
     """Write ``path`` (atomically) with the tower's graph; dynamic batch, one input, one output.
 
     ``rewrite=False`` exports open_clip's forward as torch translates it (torch's own
     MultiheadAttention, every row through the last block): the baseline the benchmark compares with.
     ``given`` is a (1, …) input to trace with (the reference's ``--image`` / ``--text``). ``length``
     (text): a static token count below the context, or ``DYNAMIC_LENGTH`` for a dynamic sequence axis;
-    the graph records the model's context length in its metadata (``context_length``). ``npu``: the
-    NPU-shaped forward (``npu_graph``: tokens padded to 16, 2-D products).
+    the graph records the model's context length in its metadata (``context_length``). ``npu_options``: the
+    NPU-shaped forward with these options (npu_graph.py), recorded in the metadata (``npu_graph``).
     """
     import onnx
 
     spec = TOWERS[tower]
     path = Path(path)
-    if npu:
+    metadata = {"context_length": str(input_geometry(model)[1])} if tower == "text" else {}
+    if npu_options is not None:
         from .npu_graph import npu_tower_module
+        from .npu_options import METADATA_KEY, describe, tower_options
 
-        module, rewrite = npu_tower_module(model, tower), False  # it calls attend itself
+        module, rewrite = npu_tower_module(model, tower, npu_options), False  # it runs its own attention
+        metadata[METADATA_KEY] = describe(tower_options(npu_options, tower))
     else:
         module = tower_module(model, tower, pooled_last_block=rewrite, length=length)
     example = torch.from_numpy(_tracing_input(model, tower, given, length))
+    example = example.to(getattr(module, "input_dtype", example.dtype))  # an NPU text graph may take int32
     dynamic_axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}}
     if length == DYNAMIC_LENGTH:
         dynamic_axes[spec.input_name][1] = "sequence"
@@ -137,8 +141,8 @@ def export_tower(model, tower, path, opset=DEFAULT_OPSET, rewrite=True, given=No
         )
         graph_model = onnx.load(str(raw))
         _fix_output_width(graph_model, module(example).shape[-1])
-        if tower == "text":
-            onnx.helper.set_model_props(graph_model, {"context_length": str(input_geometry(model)[1])})
+        if metadata:
+            onnx.helper.set_model_props(graph_model, metadata)
         save_onnx(graph_model, path)
     return path
 
@@ -189,7 +193,8 @@ def check_parity(model, tower, path, batch_sizes=(1, 3), tolerance=PARITY_TOLERA
     cases = [(batch, example_inputs(model, tower, batch, seed=seed)) for seed, batch in enumerate(batch_sizes, 1)]
     results = {}
     for key, inputs in cases + ([("given", given)] if given is not None else []):
-        results[key] = compare_embeddings(torch_embeddings(model, tower, inputs), session.run(inputs))
+        fed = inputs.astype(session.input_dtype, copy=False)  # an NPU text graph takes int32 tokens
+        results[key] = compare_embeddings(torch_embeddings(model, tower, inputs), session.run(fed))
     worst = max(result["max_abs_diff"] for result in results.values())
     if worst > tolerance:
         raise KitError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:g}); "
@@ -214,24 +219,23 @@ def export_model(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, 
     return report
 
 
-def npu_graph(tower):
-    """The graph name of a tower's NPU-shaped variant: ``vision_npu``, ``text_npu``."""
-    return f"{tower}_npu"
-
-
-def export_npu_graphs(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True):
-    """``{prefix}_{tower}_npu.onnx`` for each tower the rewrite reproduces exactly (others are said
-    and skipped), each checked against PyTorch like the standard graph; returns {graph: {path, parity}}."""
+def export_npu_graphs(model, prefix, towers=("vision", "text"), opset=DEFAULT_OPSET, check=True, options=None):
+    """``{prefix}_{graph}.onnx`` with the NPU-shaped forward and ``options`` (npu_options.py; the recommended
+    set when None) for each tower the rewrite reproduces exactly (others are said and skipped), each checked
+    against PyTorch like the standard graph; returns {graph: {path, parity}}."""
     from .npu_graph import supports
+    from .npu_options import RECOMMENDED, graph_name
 
+    options = RECOMMENDED if options is None else options
     report = {}
     for tower in towers:
         if not supports(model, tower):
             print(f"--npu-graph: the {tower} tower is not open_clip's standard ViT / CLIP text transformer; it keeps "
                   "the standard graph only")
             continue
-        path = export_tower(model, tower, onnx_path(prefix, npu_graph(tower)), opset, npu=True)
-        report[npu_graph(tower)] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
+        graph = graph_name(tower, options)
+        path = export_tower(model, tower, onnx_path(prefix, graph), opset, npu_options=options)
+        report[graph] = {"path": str(path), "parity": check_parity(model, tower, path) if check else None}
     return report
 
 

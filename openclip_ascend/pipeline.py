@@ -60,7 +60,7 @@ class RunConfig:
     text_lengths: list = field(default_factory=lambda: ["dyn"])
     precision_search: bool = False  # find the nodes to keep in fp32 (fp16 simulation); step 3 compiles with them
     require_idle: bool = False  # a busy NPU before step 6 stops the run instead of a warning
-    variants: str = None  # atc preset combinations to sweep in step 6 (Ascend), e.g. base,npu,npu+hp
+    variants: str = None  # atc preset / NPU-graph option combinations to sweep in step 6 (Ascend): base,npu,npu+hp or auto
     accuracy_subset: int = 200  # images the sweep judges each variant's accuracy on (0: all)
     profile: bool = False  # step 6 also runs the largest batch size under msprof (Ascend)
     peak_tflops: float = None  # the chip's fp16 peak, for the profile's achieved TFLOP/s

@@ -213,9 +213,9 @@ def _settings():
         Setting("require_idle", "REQUIRE_IDLE", "--require-idle", boolean, False, None,
                 "stop when npu-smi shows a device busy before step 6, instead of a warning"),
         Setting("variants", "VARIANTS", "--variants", variants, None, None,
-                "Ascend: in step 6 also compile and compare atc preset combinations (base, npu, hp, smallch, "
-                "nofuseattn, aipp joined by +, e.g. base,npu,npu+hp) and choose the fastest that keeps PyTorch's "
-                "accuracy"),
+                "Ascend: in step 6 also compile and compare atc preset and NPU-graph option combinations (base, npu, "
+                "padrows, nopad, qkv, argmax, hp, smallch, nofuseattn, aipp joined by +, e.g. base,npu,npu+hp; or auto "
+                "for the kit's list) and choose the fastest OM of each tower that keeps PyTorch's accuracy"),
         Setting("accuracy_subset", "ACCURACY_SUBSET", "--accuracy-subset", whole(0), 200, None,
                 "images the sweep judges accuracy on (0: all; default 200)"),
         Setting("profile", "PROFILE", "--profile", boolean, False, None,

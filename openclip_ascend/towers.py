@@ -182,6 +182,12 @@ def attend(attention, query, context, attn_mask=None, static=True, linear=F.line
     ``static``: the sequence lengths are fixed by the model; as Python ints (and -1 for the batch) they
     become constant Reshape targets instead of Shape/Gather/Concat chains in the graph. ``linear``: how
     the projections multiply (the NPU graph's 2-D products)."""
+    heads = attention_heads(attention, query, context, attn_mask, static, linear)
+    return linear(heads, attention.out_proj.weight, attention.out_proj.bias)
+
+
+def attention_heads(attention, query, context, attn_mask=None, static=True, linear=F.linear):
+    """``attend`` up to the out-projection: the heads merged back to [B, Lq, D]."""
     queries, length, width = query.shape[1], context.shape[1], int(context.shape[2])
     if static:
         queries, length = int(queries), int(length)
@@ -192,11 +198,21 @@ def attend(attention, query, context, attn_mask=None, static=True, linear=F.line
     q = linear(query, w_q, b_q).reshape(-1, queries, heads, head_width).transpose(1, 2)
     k = linear(context, w_k, b_k).reshape(-1, length, heads, head_width).permute(0, 2, 3, 1)
     v = linear(context, w_v, b_v).reshape(-1, length, heads, head_width).transpose(1, 2)
-    scores = (q @ k) * (head_width ** -0.5)
+    return merge_heads(scaled_attention(q, k, v, attn_mask), queries, width)
+
+
+def scaled_attention(q, keys_t, v, attn_mask=None):
+    """softmax(q·kᵀ·d^-½ + mask)·v per head: q [B, H, Lq, d], ``keys_t`` the keys transposed [B, H, d, L],
+    v [B, H, L, d] → [B, H, Lq, d]. A boolean mask is True where a key is hidden."""
+    scores = (q @ keys_t) * (int(q.shape[-1]) ** -0.5)
     if attn_mask is not None:
         scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, queries, width)
-    return linear(out, attention.out_proj.weight, attention.out_proj.bias)
+    return scores.softmax(-1) @ v
+
+
+def merge_heads(out, queries, width):
+    """[B, H, Lq, d] → [B, Lq, H·d]."""
+    return out.transpose(1, 2).reshape(-1, queries, width)
 
 
 def plain_self_attention(module):

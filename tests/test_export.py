@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.export import check_parity, export_model, onnx_path, torch_embeddings
+from openclip_ascend.export import DEFAULT_OPSET, check_parity, export_model, onnx_path, torch_embeddings
 from openclip_ascend.towers import example_inputs
 from openclip_ascend.files import KitError
 from openclip_ascend.models import load_model
@@ -109,14 +109,16 @@ def test_torch2onnx_cli_takes_the_references_flags(tmp_path, sample_dir):
     image = sorted(sample_dir.glob("*.jpg"))[0]
     result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
                              "--pretrained", str(TINY_WEIGHTS), "--onnx-prefix", str(tmp_path / "m"),
-                             "--opset-version", "14", "--image", str(image), "--text", "a dog"],
+                             "--opset-version", "14", "--image", str(image), "--text", "a dog", "--npu-graph"],
                             capture_output=True, text=True, check=True)
     assert "vision batch 3: max abs diff" in result.stdout and "text batch 1: max abs diff" in result.stdout
+    assert "text_npu batch 3: max abs diff" in result.stdout  # --npu-graph alone: the recommended set, checked
     assert "vision --image: max abs diff" in result.stdout and "text --text: max abs diff" in result.stdout
     assert result.stderr == ""  # trained weights: no warning
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["random_weights"] is False and report["towers"]["text"]["parity"]["given"]["max_abs_diff"] <= 1e-4
     assert (tmp_path / "m_vision.onnx").is_file() and (tmp_path / "m_text.onnx").is_file()
+    assert report["towers"]["text_npu"]["parity"]["3"]["max_abs_diff"] <= 1e-4  # int32 tokens fed to the int32 graph
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
@@ -219,28 +221,137 @@ def test_graphs_over_the_protobuf_limit_keep_their_weights_beside_them(tiny_mode
     assert OnnxRuntimeSession(onnx_path(prefix, "text")).run(example_inputs(tiny_model, "text", 1)).shape == (1, 64)
 
 
-def _npu_graph_checks(model, prefix, padded):
-    """The NPU-shaped graphs equal the standard ones (ONNX Runtime, batch 1 and 3) and carry the padded
-    token axis and 2-D products."""
-    from openclip_ascend.export import export_npu_graphs
+def _fused_qkv_tokens(graph):
+    """For each fused q/k/v of ``graph`` (MatMul → Add → Reshape [B, N, 3, heads, dim] → Transpose (2, 0, 3, 1, 4)
+    → Split → Squeeze ×3), its N."""
+    producer = {output: node for node in graph.node for output in node.output}
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    constants.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                      if node.op_type == "Constant"})
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    tokens = []
+    for split in (node for node in graph.node if node.op_type == "Split"):
+        transpose = producer[split.input[0]]
+        reshape = producer[transpose.input[0]]
+        add = producer[reshape.input[0]]
+        assert list(onnx.helper.get_attribute_value(transpose.attribute[0])) == [2, 0, 3, 1, 4]
+        assert reshape.op_type == "Reshape" and add.op_type == "Add" and producer[add.input[0]].op_type == "MatMul"
+        assert [[c.op_type for c in consumers[output]] for output in split.output] == [["Squeeze"]] * 3
+        shape = constants[reshape.input[1]]
+        assert len(shape) == 5 and shape[2] == 3
+        tokens.append(int(shape[1]))
+    return tokens
 
-    report = export_npu_graphs(model, prefix)
-    assert set(report) == {"vision_npu", "text_npu"}
-    for tower in ("vision", "text"):
-        standard, npu = OnnxRuntimeSession(onnx_path(prefix, tower)), OnnxRuntimeSession(onnx_path(prefix, f"{tower}_npu"))
+
+def _checked_npu_graphs(model, prefix, options, opset=DEFAULT_OPSET, check=False):
+    """Export the NPU graphs with ``options``: each equals the standard graph on ONNX Runtime (batch 1 and 3,
+    max abs diff ≤ 1e-5), records its options, and has the structure they name."""
+    from openclip_ascend.export import export_npu_graphs
+    from openclip_ascend.npu_options import describe, graph_name, tower_options
+
+    report = export_npu_graphs(model, prefix, opset=opset, check=check, options=options)
+    towers = {"vision": model.visual.transformer, "text": model.transformer}
+    real = {"vision": model.visual.positional_embedding.shape[0], "text": model.context_length}
+    for tower, transformer in towers.items():
+        own, path = tower_options(options, tower), onnx_path(prefix, graph_name(tower, options))
+        assert report[graph_name(tower, options)]["path"] == str(path)
+        if check:
+            assert max(stats["max_abs_diff"] for stats in report[graph_name(tower, options)]["parity"].values()) <= 1e-4
+        standard, npu = OnnxRuntimeSession(onnx_path(prefix, tower)), OnnxRuntimeSession(path)
         for batch in (1, 3):
             inputs = example_inputs(model, tower, batch, seed=20 + batch)
-            assert np.abs(standard.run(inputs) - npu.run(inputs)).max() <= 1e-5
-        graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path(prefix, f"{tower}_npu")))).graph
-        dims = {d.dim_value for v in graph.value_info for d in v.type.tensor_type.shape.dim}
-        assert padded[tower] in dims, (tower, sorted(dims))
-        gemm_inputs = [v for v in graph.value_info if any(v.name in node.input[:1] for node in graph.node
-                                                          if node.op_type == "Gemm")]
-        assert gemm_inputs and all(len(v.type.tensor_type.shape.dim) == 2 for v in gemm_inputs)  # 2-D products
+            assert np.abs(standard.run(inputs) - npu.run(inputs.astype(npu.input_dtype))).max() <= 1e-5, (tower, own)
+        graph_model = onnx.load(str(path))
+        assert {p.key: p.value for p in graph_model.metadata_props}["npu_graph"] == describe(own)
+        graph = onnx.shape_inference.infer_shapes(graph_model).graph
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+        padded = -(-real[tower] // 16) * 16
+        keys = padded if "pad16" in own else real[tower]  # pad16 attends over masked pad rows, the others do not
+        softmax_inputs = [shapes[node.input[0]] for node in graph.node if node.op_type == "Softmax"]
+        assert {dims[-1] for dims in softmax_inputs if dims} == {keys}  # opset 11 infers no shape after ArgMax pooling
+        # the residual stream [batch, tokens, width]: padded rows unless nopad
+        assert ([0, padded, transformer.width] in shapes.values()) == ("nopad" not in own), (tower, own)
+        gemm_inputs = [shapes[node.input[0]] for node in graph.node if node.op_type == "Gemm"]
+        assert gemm_inputs and all(len(dims) == 2 for dims in gemm_inputs)  # 2-D products
+        assert _fused_qkv_tokens(graph) == ([keys] * len(transformer.resblocks) if "qkv" in own else [])
+        if tower == "text":
+            assert ("ArgMax" in {node.op_type for node in graph.node}) == ("eot" not in own)
+            assert graph.input[0].type.tensor_type.elem_type == (onnx.TensorProto.INT32 if "eot" in own
+                                                                 else onnx.TensorProto.INT64)
+            assert ("eot" in own) == any(node.op_type == "Equal" and graph.input[0].name in node.input
+                                         for node in graph.node)  # the one-hot EOT row straight from the tokens
 
 
-def test_npu_graph_pads_tokens_to_16_and_keeps_the_embeddings(vit_b_32, tiny_model, tmp_path):
+def test_npu_graph_pads_tokens_to_16_and_keeps_the_embeddings(vit_b_32):
+    """The recommended set (--npu-graph alone) on ViT-B-32: 50 → 64 tokens, text 77 → 80, EOT without ArgMax."""
+    from openclip_ascend.npu_options import RECOMMENDED
+
     model, prefix, _ = vit_b_32
-    _npu_graph_checks(model, prefix, {"vision": 64, "text": 80})  # ViT-B-32: 50 → 64 tokens, text 77 → 80
-    export_model(tiny_model, tmp_path / "tiny")
-    _npu_graph_checks(tiny_model, tmp_path / "tiny", {"vision": 64, "text": 80})
+    _checked_npu_graphs(model, prefix, RECOMMENDED, check=True)
+
+
+# (variant, the options of its NPU graphs, the opset they are exported at): each option on and off, and the two ends
+# of the opsets the export offers, all compiled by the atc stand-in (CANN's ONNX parser's registrations)
+NPU_VARIANTS = [("npu+hp", "pad16,eot", DEFAULT_OPSET), ("padrows+qkv+hp", "padrows,qkv,eot", 17),
+                ("nopad+qkv+argmax+hp", "nopad,qkv", 11), ("qkv+hp", "pad16,qkv,eot", DEFAULT_OPSET)]
+
+
+def test_npu_graph_options_keep_the_embeddings_and_compile(tiny_model, tmp_path, monkeypatch):
+    import os
+    import sys
+    from pathlib import Path
+
+    from openclip_ascend.atc import run_jobs
+    from openclip_ascend.atc_presets import parse_variants, variant_jobs
+
+    fakes = Path(__file__).resolve().parent / "fakes"
+    monkeypatch.setenv("PATH", f"{fakes / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(fakes))
+    prefix = tmp_path / "tiny"
+    export_model(tiny_model, prefix, check=False)
+    for name, options, opset in NPU_VARIANTS:
+        (variant,) = parse_variants(name)
+        assert variant.graph_options == frozenset(options.split(","))
+        _checked_npu_graphs(tiny_model, prefix, variant.graph_options, opset)
+        jobs = run_jobs(variant_jobs(prefix, variant, ("vision", "text"), [2], "Ascend910B4", tmp_path / "om"))
+        assert [job.status for job in jobs] == ["ok", "ok"], [job.error for job in jobs]
+        assert all("--optypelist_for_implmode=Gelu" in job.command for job in jobs)  # GELU: Erf, fused into Gelu
+
+
+@pytest.fixture(scope="module")
+def vit_b_32_two_layers(tmp_path_factory):
+    """ViT-B-32's geometry (50 tokens of width 768 in 12 heads; text 77 × 512 in 8) in two blocks a tower: what
+    the options change does not depend on depth."""
+    import open_clip
+
+    cfg = open_clip.get_model_config("ViT-B-32")
+    model = load_model("ViT-B-32", vision_cfg={**cfg["vision_cfg"], "layers": 2},
+                       text_cfg={**cfg["text_cfg"], "layers": 2})
+    prefix = tmp_path_factory.mktemp("vitb32_2") / "m"
+    export_model(model, prefix, check=False)
+    return model, prefix
+
+
+@pytest.mark.parametrize("options", ["padrows,qkv,eot", "nopad,qkv"])
+def test_npu_graph_options_on_vit_b_32(vit_b_32_two_layers, options):
+    _checked_npu_graphs(*vit_b_32_two_layers, frozenset(options.split(",")))
+
+
+def test_npu_graph_options_are_named_or_refused_in_one_line():
+    from openclip_ascend.npu_options import RECOMMENDED, graph_name, parse_graph_options
+
+    assert parse_graph_options("") == RECOMMENDED == {"pad16", "eot"}  # --npu-graph alone
+    assert parse_graph_options(" padrows , qkv ") == {"padrows", "qkv"}
+    assert (graph_name("vision", RECOMMENDED), graph_name("text", RECOMMENDED)) == ("vision_npu", "text_npu")
+    assert graph_name("vision", {"pad16"}) == "vision_npu"  # eot acts on the text tower only
+    assert graph_name("text", {"pad16"}) == "text_npu_pad16"
+    assert graph_name("text", {"qkv", "eot", "padrows"}) == "text_npu_padrows_qkv_eot"
+    with pytest.raises(KitError, match="unknown option 'fast'"):
+        parse_graph_options("pad16,fast")
+    with pytest.raises(KitError, match=r"qkv: name exactly one padding \(pad16, padrows, nopad\)"):
+        parse_graph_options("qkv")
+    with pytest.raises(KitError, match="exactly one padding"):
+        parse_graph_options("pad16,nopad")

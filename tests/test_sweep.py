@@ -21,20 +21,35 @@ FAKES = ROOT / "tests" / "fakes"
 def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
     from openclip_ascend.export import export_npu_graphs
 
-    variants = parse_variants("base,npu+hp,smallch+nofuseattn")
-    assert [v.tag for v in variants] == ["", "npu_hp", "smallch_nofuseattn"]
+    variants = parse_variants("base,npu+hp,smallch+nofuseattn,npu+padrows+qkv")
+    assert [v.tag for v in variants] == ["", "npu_hp", "smallch_nofuseattn", "padrows_qkv"]  # a graph option implies npu
+    assert [v.graph_options for v in variants] == [None, {"pad16", "eot"}, None, {"padrows", "qkv", "eot"}]
+    assert parse_variants("nopad+argmax")[0].graph_options == {"nopad"}
     with pytest.raises(KitError, match="unknown preset 'fast'"):
         parse_variants("npu+fast")
     with pytest.raises(KitError, match="repeats a variant"):
         parse_variants("npu+hp,hp+npu")
+    with pytest.raises(KitError, match="repeats a variant"):
+        parse_variants("qkv,npu+qkv")
+    with pytest.raises(KitError, match="padrows and nopad exclude each other"):
+        parse_variants("padrows+nopad")
+    auto = parse_variants("auto")
+    assert {"padrows", "nopad", "qkv", "argmax", "hp", "smallch", "nofuseattn"} <= {p for v in auto for p in v.parts}
     from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
 
-    export_npu_graphs(load_model(TINY_MODEL, str(TINY_WEIGHTS)), tiny_onnx, check=False)
+    with pytest.raises(KitError, match=r"tiny_vision_npu_padrows_qkv.onnx not found; export it with "
+                                       r"openclip_torch2onnx.py --npu-graph padrows,qkv$"):
+        variant_jobs(tiny_onnx, variants[3], ("vision", "text"), [8], "Ascend310P3", tmp_path)
+    model = load_model(TINY_MODEL, str(TINY_WEIGHTS))
+    for graph_options in (variants[1].graph_options, variants[3].graph_options):
+        export_npu_graphs(model, tiny_onnx, check=False, options=graph_options)
     jobs = {(job.tower, job.output.name): job.command for v in variants
             for job in variant_jobs(tiny_onnx, v, ("vision", "text"), [8], "Ascend310P3", tmp_path)}
     assert set(jobs) == {("vision", "tiny_vision_bs8"), ("text", "tiny_text_bs8"),
                          ("vision_npu", "tiny_vision_npu_bs8_npu_hp"), ("text_npu", "tiny_text_npu_bs8_npu_hp"),
-                         ("vision", "tiny_vision_bs8_smallch_nofuseattn"), ("text", "tiny_text_bs8_smallch_nofuseattn")}
+                         ("vision", "tiny_vision_bs8_smallch_nofuseattn"), ("text", "tiny_text_bs8_smallch_nofuseattn"),
+                         ("vision_npu_padrows_qkv", "tiny_vision_npu_padrows_qkv_bs8_padrows_qkv"),
+                         ("text_npu_padrows_qkv_eot", "tiny_text_npu_padrows_qkv_eot_bs8_padrows_qkv")}
     hp = jobs[("vision_npu", "tiny_vision_npu_bs8_npu_hp")]
     assert "--op_select_implmode=high_performance" in hp and "--optypelist_for_implmode=Gelu" in hp
     assert "--enable_small_channel=1" in jobs[("vision", "tiny_vision_bs8_smallch_nofuseattn")]
@@ -42,6 +57,55 @@ def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
     switch = next(a for a in jobs[("text", "tiny_text_bs8_smallch_nofuseattn")] if a.startswith("--fusion_switch_file="))
     assert json.loads(Path(switch.split("=", 1)[1]).read_text()) == {"Switch": {"GraphFusion": {
         "ZAttentionLnQKVONNXFusionPass": "off", "ZAttentionScoreFusionPass": "off"}, "UBFusion": {}}}
+
+
+def test_hp_acts_on_the_gelu_flavour_the_graph_has(tmp_path, capsys):
+    """Exact GELU (exported as Div/Erf/Add/Mul/Mul, which atc fuses into Gelu) → Gelu; QuickGELU (x·sigmoid(1.702x),
+    OpenAI weights) → Sigmoid; a graph with neither gets no implmode flags, and a note says hp changed nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from openclip_ascend.atc_presets import preset_notes
+    from openclip_ascend.export import export_tower, onnx_path
+    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
+
+    (hp,) = parse_variants("hp")
+    export_tower(load_model(TINY_MODEL, str(TINY_WEIGHTS), quick_gelu=True), "vision", onnx_path(tmp_path / "quick", "vision"))
+    (job,) = variant_jobs(tmp_path / "quick", hp, ["vision"], [2], "Ascend310P3", tmp_path)
+    assert job.command[-2:] == ["--op_select_implmode=high_performance", "--optypelist_for_implmode=Sigmoid"]
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["image_embed"])], "relu",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+                              [helper.make_tensor_value_info("image_embed", TensorProto.FLOAT, ["batch", 3, 224, 224])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), onnx_path(tmp_path / "relu", "vision"))
+    (job,) = variant_jobs(tmp_path / "relu", hp, ["vision"], [2], "Ascend310P3", tmp_path)
+    assert not any(arg.startswith(("--op_select_implmode", "--optypelist_for_implmode")) for arg in job.command)
+    note = "variant hp: hp changes nothing for vision (it has no Gelu or Sigmoid); compiled without --op_select_implmode"
+    assert preset_notes(tmp_path / "relu", hp, ["vision"]) == [note]
+    assert capsys.readouterr().err == f"note: {note}\n"
+
+
+def test_the_sweep_exports_npu_graphs_that_are_missing_stale_or_of_other_options(tiny_model, tmp_path):
+    import onnx
+
+    from openclip_ascend.export import export_model, export_npu_graphs, onnx_path
+    from openclip_ascend.sweep import _stale_npu_graphs
+
+    prefix = tmp_path / "m"
+    export_model(tiny_model, prefix, check=False)
+    variants = parse_variants("base,npu,npu+hp,padrows")
+    recommended, padrows = {"pad16", "eot"}, {"padrows", "eot"}
+    assert _stale_npu_graphs(prefix, variants) == [recommended, padrows]  # missing; each set once
+    export_npu_graphs(tiny_model, prefix, check=False)
+    assert _stale_npu_graphs(prefix, variants) == [padrows]
+    standard = onnx_path(prefix, "vision")
+    made = onnx_path(prefix, "vision_npu").stat().st_mtime
+    os.utime(standard, (made + 10, made + 10))  # the model exported again after the NPU graphs
+    assert _stale_npu_graphs(prefix, variants) == [recommended, padrows]
+    os.utime(standard, (made - 10, made - 10))
+    older_kit = onnx.load(str(onnx_path(prefix, "text_npu")))  # text_npu.onnx of a kit whose npu text pooled by ArgMax
+    del older_kit.metadata_props[:]
+    onnx.save(older_kit, str(onnx_path(prefix, "text_npu")))
+    assert _stale_npu_graphs(prefix, variants) == [recommended, padrows]
 
 
 def _row(variant, batch, vision_fps, image_r5=0.88, text_r5=0.9, vision_cosine=0.9999, text_cosine=0.9999):
@@ -58,7 +122,7 @@ def test_the_fastest_variant_within_bounds_is_chosen():
             _row("fp16ish", 1, 500, 0.88), _row("fp16ish", 64, 1600, 0.88, vision_cosine=0.95),  # an embedding strays
             _row("slow", 1, 150, 0.879), _row("slow", 64, 200, 0.879)]  # worse than base on every count
     chosen, front, summary = choose(rows, reference, SweepOptions([], recall_bound=0.002, min_cosine=0.99))
-    assert chosen == "npu" and not summary["npu+hp"]["ok"] and not summary["fp16ish"]["ok"]
+    assert chosen == {"vision": "npu", "text": "npu"} and not summary["npu+hp"]["ok"] and not summary["fp16ish"]["ok"]
     assert summary["npu"]["speed"] == (1300, 100.0)
     assert set(front) == {"base", "npu", "npu+hp", "fp16ish"}  # each best at something; "slow" at nothing
     assert choose([r for r in rows if r["variant"] == "npu+hp"], reference, SweepOptions([]))[0] is None
@@ -83,14 +147,41 @@ def test_each_accuracy_bound_decides_on_both_sides(field, value, kept):
     rows = [_row("safe", 1, 100), _row("safe", 8, 200), _row("fast", 1, 150, **{field: value}), _row("fast", 8, 300)]
     chosen, _, summary = choose(rows, reference, SweepOptions([], recall_bound=0.002, min_cosine=0.99))
     assert summary["fast"]["ok"] is kept and summary["safe"]["ok"]
-    assert chosen == ("fast" if kept else "safe")
+    assert chosen == {"vision": "fast", "text": "fast"} if kept else {"vision": "safe", "text": "safe"}
+
+
+def test_each_tower_is_chosen_on_its_own():
+    """qkv is the faster vision OM, npu the faster text OM: the chosen pair takes each, as long as the two OMs'
+    own embeddings together keep recall within the bound; a tower's cosine rules out only that tower."""
+    reference = {"image_retrieval_recall@5": 0.88, "text_retrieval_recall@5": 0.9}
+    fps = {"npu": (300, 400), "qkv": (500, 100)}
+    rows = [{**_row(variant, batch, vision), "fps": {"vision": vision, "text": text}}
+            for variant, (vision, text) in fps.items() for batch in (1, 8)]
+    shifts = {}  # (vision variant, text variant, batch) → recall@5 shift from PyTorch's, both ways
+
+    def pair_metrics(vision, text, batch):
+        shift = shifts.get((vision, text, batch), 0.0)
+        return {key: value + shift for key, value in reference.items()}
+
+    options = SweepOptions([], recall_bound=0.002, min_cosine=0.99)
+    assert choose(rows, reference, options, pair_metrics)[0] == {"vision": "qkv", "text": "npu"}
+    assert choose(rows, reference, options)[0] == {"vision": "qkv", "text": "qkv"}  # without mixed pairs: own pairs
+    shifts[("qkv", "npu", 1)] = -0.003  # the mixed pair strays at one batch size: the next fastest pair
+    assert choose(rows, reference, options, pair_metrics)[0] == {"vision": "qkv", "text": "qkv"}
+    shifts[("qkv", "npu", 1)] = -0.0015  # within the bound
+    rows[2]["min_cosine"]["vision"] = 0.98  # qkv's vision embeddings stray at batch 1: its text OM stays a candidate
+    assert choose(rows, reference, options, pair_metrics)[0] == {"vision": "npu", "text": "npu"}
+    rows[0]["min_cosine"]["text"] = 0.98
+    assert choose(rows, reference, options, pair_metrics)[0] == {"vision": "npu", "text": "qkv"}
 
 
 def test_perf_variants_on_the_stand_in_npu(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PATH": f"{FAKES / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_NPU_SMI_OUTPUT": str(ROOT / "tests/data/npu_smi/910B4.txt"),
-           "FAKE_OM_MS": json.dumps({"base": 10.0, "npu": 4.0, "npu_hp": 3.0, "*": 50.0}),
+           # padrows+qkv+hp gives the fastest vision OM, npu+hp the fastest text OM
+           "FAKE_OM_MS": json.dumps({"base": 10.0, "npu": 4.0, "npu_hp": 3.0, "vision:padrows_qkv_hp": 2.0,
+                                     "text:padrows_qkv_hp": 20.0, "*": 50.0}),
            "FAKE_ATC_FAIL_ARG": "--enable_small_channel=1", "FAKE_ATC_FAIL_CODE": "EZ3003", "FAKE_TOOL_LOG": str(tmp_path / "tools.log")}
     common = ["--output-dir", str(out), "--batch-sizes", "1,4", "--backend", "ascend", "--no-reference", "--perf-loops",
               "2", "--workers", "2"]
@@ -98,18 +189,35 @@ def test_perf_variants_on_the_stand_in_npu(tmp_path):
                            capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     result = subprocess.run([sys.executable, str(ROOT / "openclip_perf.py"), *common, "--variants",
-                             "base,npu,npu+hp,npu+smallch,nofuseattn,npu+aipp", "--accuracy-subset", "20"],
+                             "base,npu,npu+hp,npu+smallch,nofuseattn,npu+aipp,padrows+qkv+hp", "--accuracy-subset",
+                             "20"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "variants.json").read_text())
-    assert record["chosen"] == "npu+hp" and "chosen: npu+hp" in result.stdout
+    assert record["chosen"] == {"vision": "padrows+qkv+hp", "text": "npu+hp"}
+    assert "chosen: padrows+qkv+hp (vision) + npu+hp (text)" in result.stdout
+    assert ("openclip_ascend_tiny_vision_npu_padrows_qkv_bs4_padrows_qkv_hp.om, "
+            "openclip_ascend_tiny_text_npu_bs4_npu_hp.om") in result.stdout
     assert {(f["variant"], f["tower"], f["code"]) for f in record["failures"]} == {("npu+smallch", "vision", "EZ3003")}
     rows = {(r["variant"], r["batch_size"]): r for r in record["rows"]}
-    assert set(rows) == {(v, b) for v in ("base", "npu", "npu+hp", "nofuseattn", "npu+aipp") for b in (1, 4)}
+    assert set(rows) == {(v, b) for v in ("base", "npu", "npu+hp", "nofuseattn", "npu+aipp", "padrows+qkv+hp")
+                         for b in (1, 4)}
     ms_per_sample = json.loads(env["FAKE_OM_MS"])
     for row in record["rows"]:  # every OM timed by its own execute time, at its own batch size: not the host's clock
-        expected = 1000 / ms_per_sample.get(row["tag"] or "base", ms_per_sample["*"])
-        assert row["fps"] == {"vision": pytest.approx(expected, rel=1e-6), "text": pytest.approx(expected, rel=1e-6)}
+        tag = row["tag"] or "base"
+        assert row["fps"] == {tower: pytest.approx(1000 / ms_per_sample.get(f"{tower}:{tag}", ms_per_sample.get(
+            tag, ms_per_sample["*"])), rel=1e-6) for tower in ("vision", "text")}
+    # the chosen pair: each tower's figures are its own OM's, the recall that of the two OMs' embeddings together
+    assert [pair["batch_size"] for pair in record["chosen_rows"]] == [1, 4]
+    for pair in record["chosen_rows"]:
+        vision, text = rows[("padrows+qkv+hp", pair["batch_size"])], rows[("npu+hp", pair["batch_size"])]
+        assert pair["fps"] == {"vision": vision["fps"]["vision"], "text": text["fps"]["text"]}
+        assert pair["oms"] == {"vision": vision["oms"]["vision"], "text": text["oms"]["text"]}
+        assert pair["accuracy_ok"] and min(pair["min_cosine"].values()) > 0.9999
+    table = (out / "variants.md").read_text()
+    assert "| padrows+qkv+hp (vision) + npu+hp (text) | 4 | 500.0 | 333.3 |" in table
+    assert "| padrows,qkv; hp: Gelu | padrows,qkv,eot; hp: Gelu |" in table  # each option named, per tower
+    assert "| pad16; hp: Gelu | pad16,eot; hp: Gelu |" in table and "| standard graph | standard graph |" in table
     assert all(r["accuracy_ok"] and min(r["min_cosine"].values()) > 0.9999 for r in record["rows"]
                if r["variant"] != "npu+aipp")
     aipp = rows[("npu+aipp", 4)]  # the kit's uint8 images through the OM built with its AIPP config

@@ -10,9 +10,12 @@ weights, with a warning; the bundled tiny model defaults to its own weights), --
 traced with and checked too. The default opset is 14: the reference's 11 cannot export torch 2.x attention.
 --text-lengths dyn,32 adds shorter text graphs (exact: a caption's embedding depends only on its
 tokens up to the EOT), each checked against the full-length graph (max abs diff ≤ 1e-5).
---npu-graph adds PREFIX_{vision,text}_npu.onnx, shaped for the NPU (tokens padded to a multiple of 16,
-linear layers as 2-D products; same embeddings, checked against PyTorch like the others); compile them
-with convert/onnx2om.py --towers vision_npu,text_npu or the sweep's `npu` variant.
+--npu-graph adds PREFIX_{vision,text}_npu.onnx, shaped for the NPU with the recommended options (linear
+layers as 2-D products, tokens padded per sample to a multiple of 16, text EOT pooled without ArgMax on int32
+tokens); --npu-graph OPTION,… picks them: one padding (pad16, padrows, nopad), qkv, eot, and writes
+PREFIX_{tower}_npu_{options}.onnx (the options also in the graph's metadata, npu_graph). Same embeddings,
+checked against PyTorch like the others; compile them with convert/onnx2om.py --towers vision_npu,text_npu or
+the sweep's variants (npu, padrows, nopad, qkv, argmax).
 """
 
 import argparse
@@ -20,6 +23,7 @@ import argparse
 from ..cli import described, parse_text_lengths, print_result
 from ..export import DEFAULT_OPSET
 from ..models import DEFAULT_PRETRAINED, TINY_MODEL
+from ..npu_options import OPTIONS, RECOMMENDED, describe, parse_graph_options
 
 
 def main(argv=None, prog=None):
@@ -40,10 +44,13 @@ def main(argv=None, prog=None):
                         help="shorter text graphs for exact length trimming, comma-separated: dyn (a dynamic length "
                              "axis, PREFIX_text_dynlen.onnx: the CPU runner cuts each batch to its longest caption) "
                              "and/or token counts such as 32 (PREFIX_text_len32.onnx, static: NPU length buckets)")
-    parser.add_argument("--npu-graph", action="store_true",
-                        help="also PREFIX_{tower}_npu.onnx: tokens padded to a multiple of 16, 2-D linear products")
+    parser.add_argument("--npu-graph", nargs="?", const="", metavar="OPTION,…",
+                        help="also the NPU-shaped graphs: alone, the recommended options (PREFIX_{tower}_npu.onnx: "
+                             f"{describe(RECOMMENDED)}); or options named: "
+                             + "; ".join(f"{name}: {text}" for name, text in OPTIONS.items()))
     parser.add_argument("--skip-check", action="store_true", help="do not compare ONNX Runtime with PyTorch")
     args = parser.parse_args(argv)
+    graph_options = None if args.npu_graph is None else parse_graph_options(args.npu_graph)
 
     from ..export import export_model, export_npu_graphs, export_text_lengths, given_examples
     from ..models import default_pretrained, is_random_weights, load_model
@@ -57,8 +64,9 @@ def main(argv=None, prog=None):
     if args.text_lengths:
         report.update(export_text_lengths(model, args.onnx_prefix, parse_text_lengths(args.text_lengths), args.opset,
                                           check=not args.skip_check))
-    if args.npu_graph:
-        report.update(export_npu_graphs(model, args.onnx_prefix, towers, args.opset, check=not args.skip_check))
+    if graph_options is not None:
+        report.update(export_npu_graphs(model, args.onnx_prefix, towers, args.opset, check=not args.skip_check,
+                                        options=graph_options))
     for tower, entry in report.items():
         for case, parity in (entry["parity"] or {}).items():
             label = f"--{'image' if tower == 'vision' else 'text'}" if case == "given" else \

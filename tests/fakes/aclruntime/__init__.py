@@ -15,8 +15,9 @@ import InferSession. What is modelled, as ``../shared/reference/ascend-tools.md`
   (Ascend/tools), a ``(start, end)`` pair from the newer one (ait/msit), chosen with
   ``$FAKE_AIS_BENCH_GENERATION`` (``tools-2023``, the default, or ``ait``), as the front end is.
 - ``options.acl_json_path`` whose ``dump`` section names the model: every execution dumps its ops (dump.py).
-- ``$FAKE_OM_MS`` (JSON ``{variant tag: ms per sample}``, ``base`` for an untagged OM, ``*`` for the rest)
-  replaces the measured execute time, so a sweep's choice can be checked.
+- ``$FAKE_OM_MS`` (JSON ``{variant tag: ms per sample}``, ``base`` for an untagged OM, ``*`` for the rest;
+  ``vision:TAG`` / ``text:TAG`` for one tower's OM) replaces the measured execute time, so a sweep's choice can
+  be checked.
 """
 
 import json
@@ -88,9 +89,9 @@ def _fixed_ms(model_path):
     table = json.loads(os.environ.get("FAKE_OM_MS") or "null")
     if not table:
         return None
-    found = re.search(r"_(?:bs\d+|dynbs)(?:_(.+))?$", os.path.basename(model_path).split(".om")[0])
-    tag = (found.group(1) if found else None) or "base"
-    return table.get(tag, table.get("*"))
+    found = re.search(r"_(vision|text)(?:_\w+?)?_(?:bs\d+|dynbs)(?:_(.+))?$", os.path.basename(model_path).split(".om")[0])
+    tower, tag = (found.group(1), found.group(2) or "base") if found else (None, "base")
+    return table.get(f"{tower}:{tag}", table.get(tag, table.get("*")))
 
 
 def _aipp(images, config):
