@@ -39,8 +39,8 @@ def main(argv=None, prog=None):
     parser.add_argument("--atc-args", default="", help="extra atc flags as one string: --atc-args='--flag=value --flag2=value'")
     parser.add_argument("--tag", default="", help="name of this flag variant, appended to the OM names")
     parser.add_argument("--variant", help="a named preset combination instead of --atc-args/--tag: base, npu (the "
-                                          "--npu-graph ONNX), hp, smallch, nofuseattn, aipp, joined by + (e.g. "
-                                          "npu+hp)")
+                                          "--npu-graph ONNX), padrows, nopad, qkv, argmax (NPU graph options), hp, "
+                                          "smallch, nofuseattn, aipp, joined by + (e.g. npu+qkv+hp)")
     parser.add_argument("--aipp-config", help="for --variant …aipp: the AIPP config openclip_preprocess.py --uint8 "
                                               "wrote (PREP/aipp.cfg)")
     parser.add_argument("--jobs", type=int, default=1, help="atc processes at once")

@@ -2,12 +2,14 @@
 
     python openclip_perf.py --output-dir outputs/demo [--batch-sizes 1,4,8,16,32,64] [--perf-loops 50] [--int8]
 
+    python openclip_perf.py --output-dir outputs/vit_b_32 --backend ascend --batch-sizes 1,8,64 --variants auto
     python openclip_perf.py --output-dir outputs/vit_b_32 --backend ascend --batch-sizes 1,8,64 \\
-        --variants base,npu,npu+hp,npu+hp+smallch [--accuracy-subset 200] [--profile]
+        --variants base,npu,npu+qkv+hp,npu+padrows+hp [--accuracy-subset 200] [--profile]
 
 Takes every flag and environment variable of openclip_pipeline.py; writes throughput_{backend}.md/.csv,
-throughput.png, performance.json and report.md; --variants also compiles each atc preset combination,
-judges it against PyTorch and writes variants.md/.csv/.json with the chosen one (sweep.py).
+throughput.png, performance.json and report.md; --variants also compiles each atc preset combination (auto:
+the recommended set, NPU graph options included), judges each tower against PyTorch and writes
+variants.md/.csv/.json with the fastest within bounds chosen per tower.
 """
 
 import sys
