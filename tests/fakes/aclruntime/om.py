@@ -68,14 +68,19 @@ class Precision:
 
 
 def _rounding(value, precision, tag, make_node):
-    """Nodes that take ``value`` through ``precision`` and back to float32 → (nodes, rounded value name)."""
+    """Nodes that take ``value`` through ``precision`` and back to float32 → (nodes, rounded value name). ONNX
+    Runtime before 1.17 drops a float→float16→float Cast pair as lossless even with its optimiser off; a Max of
+    the fp16 value with itself between them (which is that value) keeps the pair."""
     from onnx import TensorProto
 
     narrow = {FP16: TensorProto.FLOAT16, BF16: TensorProto.BFLOAT16}[precision]
     stored = f"{value}::{tag}:{precision}"
-    return [make_node("Cast", [value], [stored], to=narrow, name=f"{stored}/store"),
-            make_node("Cast", [stored], [f"{stored}/read"], to=TensorProto.FLOAT, name=f"{stored}/read")], \
-        f"{stored}/read"
+    nodes = [make_node("Cast", [value], [stored], to=narrow, name=f"{stored}/store")]
+    if precision == FP16:
+        nodes.append(make_node("Max", [stored, stored], [f"{stored}/held"], name=f"{stored}/hold"))
+        stored = f"{stored}/held"
+    nodes.append(make_node("Cast", [stored], [f"{stored}/read"], to=TensorProto.FLOAT, name=f"{stored}/read"))
+    return nodes, f"{stored}/read"
 
 
 def at_precision(model, precision):
