@@ -27,17 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from openclip_ascend.backends import OnnxRuntimeSession  # noqa: E402
+from openclip_ascend.agreement import compare_embeddings  # noqa: E402
+from openclip_ascend.ascend.profile import flops_per_sample  # noqa: E402
 from openclip_ascend.cli import csv_ints  # noqa: E402
-from openclip_ascend.export import export_tower, onnx_path, quantize_int8  # noqa: E402
-from openclip_ascend.npu_profile import flops_per_sample  # noqa: E402
-from openclip_ascend.towers import example_inputs, tower_module  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
-from openclip_ascend.metrics import compare_embeddings  # noqa: E402
-from openclip_ascend.models import load_model  # noqa: E402
-from openclip_ascend.report import machine  # noqa: E402
-from openclip_ascend.tables import markdown_table  # noqa: E402
-
+from openclip_ascend.markdown import markdown_table  # noqa: E402
+from openclip_ascend.model.export import export_tower, onnx_path, quantize_int8  # noqa: E402
+from openclip_ascend.model.loading import load_model  # noqa: E402
+from openclip_ascend.model.towers import example_inputs, tower_module  # noqa: E402
+from openclip_ascend.report.writer import machine  # noqa: E402
+from openclip_ascend.run.sessions import OnnxRuntimeSession  # noqa: E402
 
 # The roofline's products have the rows of batch ≥ 32: smaller ones are bound by each call's overhead,
 # not by what the engine can compute on these weight shapes (batch 1 then ran "above" its roofline)

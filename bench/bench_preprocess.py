@@ -22,11 +22,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openclip_ascend.cli import csv_ints  # noqa: E402
+from openclip_ascend.data.preprocess import convert_images  # noqa: E402
+from openclip_ascend.data.sample import random_scenes  # noqa: E402
+from openclip_ascend.data.transforms import preprocess_config  # noqa: E402
 from openclip_ascend.files import write_json  # noqa: E402
-from openclip_ascend.models import model_skeleton, preprocess_config  # noqa: E402
-from openclip_ascend.preprocess import convert_images  # noqa: E402
-from openclip_ascend.tables import markdown_table  # noqa: E402
-from openclip_ascend.sample import random_scenes  # noqa: E402
+from openclip_ascend.markdown import markdown_table  # noqa: E402
+from openclip_ascend.model.loading import model_skeleton  # noqa: E402
 
 
 def write_jpegs(folder, count):

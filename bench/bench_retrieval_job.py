@@ -31,18 +31,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from openclip_ascend.backends import OnnxRuntimeSession  # noqa: E402
-from openclip_ascend.dataset import ANNOTATION_FILE  # noqa: E402
-from openclip_ascend.export import export_model, export_text_lengths, int8_path, onnx_path, quantize_int8  # noqa: E402
+from openclip_ascend.data.dataset import ANNOTATION_FILE  # noqa: E402
+from openclip_ascend.data.preprocess import preprocess_dataset  # noqa: E402
+from openclip_ascend.data.sample import write_sample_dir  # noqa: E402
+from openclip_ascend.evaluate.postprocess import evaluate_folders  # noqa: E402
 from openclip_ascend.files import write_json, write_text  # noqa: E402
-from openclip_ascend.models import load_model  # noqa: E402
-from openclip_ascend.postprocess import evaluate_folders  # noqa: E402
-from openclip_ascend.preprocess import preprocess_dataset  # noqa: E402
-from openclip_ascend.report import machine  # noqa: E402
-from openclip_ascend.runner import infer  # noqa: E402
-from openclip_ascend.sample import write_sample_dir  # noqa: E402
-from openclip_ascend.tables import markdown_table  # noqa: E402
-from openclip_ascend.text_lengths import DYNAMIC_LENGTH, text_graph  # noqa: E402
+from openclip_ascend.markdown import markdown_table  # noqa: E402
+from openclip_ascend.model.export import export_model, export_text_lengths, int8_path, onnx_path, quantize_int8  # noqa: E402
+from openclip_ascend.model.loading import load_model  # noqa: E402
+from openclip_ascend.model.text_lengths import DYNAMIC_LENGTH, text_graph  # noqa: E402
+from openclip_ascend.report.writer import machine  # noqa: E402
+from openclip_ascend.run.runner import infer  # noqa: E402
+from openclip_ascend.run.sessions import OnnxRuntimeSession  # noqa: E402
 
 RECALL_KEYS = ("image_retrieval_recall@5", "text_retrieval_recall@5")
 
@@ -117,7 +117,7 @@ def main():
     if not args.pretrained:
         import open_clip
 
-        from openclip_ascend.models import quiet_root_logger
+        from openclip_ascend.model.loading import quiet_root_logger
 
         torch.manual_seed(0)
         with quiet_root_logger():  # open_clip's "no pretrained weights" line: random weights are the point here

@@ -66,18 +66,6 @@ def _unexpected():
     sys.exit(EXIT_UNEXPECTED)
 
 
-def described(doc, prog):
-    """A command's help text with its examples as the user types them: ``openclip-ascend infer …`` when run as
-    the ``openclip-ascend`` subcommand (after ``pip install``), ``python openclip_infer.py …`` from a checkout."""
-    if not prog or not prog.startswith("openclip-ascend "):
-        return doc
-    from .commands import COMMANDS
-
-    for name, (_, script, _) in COMMANDS.items():
-        doc = doc.replace(f"python {script}", f"openclip-ascend {name}")
-    return doc
-
-
 def print_result(result):
     """timm-style: one JSON document at the end of the run."""
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
@@ -95,15 +83,6 @@ def csv_ints(text, minimum=1):
     if repeated:
         raise KitError(f"{text!r}: {repeated[0]} appears twice; each value names its own outputs, give it once")
     return values
-
-
-def parse_text_lengths(text):
-    """``"dyn,32"`` → ``["dyn", 32]`` for --text-lengths / TEXT_LENGTHS."""
-    from .text_lengths import DYNAMIC_LENGTH
-
-    parts = [part.strip() for part in str(text).split(",") if part.strip()]
-    numbers = [part for part in parts if part != DYNAMIC_LENGTH]
-    return [DYNAMIC_LENGTH] * (DYNAMIC_LENGTH in parts) + (csv_ints(",".join(numbers), minimum=3) if numbers else [])
 
 
 def str2bool(text):

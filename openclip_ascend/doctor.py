@@ -84,7 +84,7 @@ def cann_checks(npu_path):
                     f"ASCEND_TOOLKIT_HOME={home}" + ("" if str(home) in libraries else
                                                     "; LD_LIBRARY_PATH lacks its libraries"),
                     "" if str(home) in libraries else f"source {home.parent / 'set_env.sh'} in this shell")]
-    from .npu import cann_version
+    from .ascend.npu_smi import cann_version
 
     version, source = cann_version(home)
     checks.append(Check("CANN version", OK if version else WARN, f"{version} ({source})" if version else
@@ -94,7 +94,7 @@ def cann_checks(npu_path):
 
 def _import_check(name, module, npu_path):
     """Whether ``module`` imports in this Python, and the version its distribution records."""
-    from .backends import AIS_BENCH_INSTALL, distributions_providing
+    from .run.sessions import AIS_BENCH_INSTALL, distributions_providing
     from .stack import installed
 
     status = _npu_status(npu_path)
@@ -125,7 +125,7 @@ def tool_checks(npu_path):
 
 def npu_checks(npu_path, soc_override=None):
     """npu-smi's chips, their health and soc version, and whether a device is busy → (checks, soc version)."""
-    from .npu import idle_check, parse_device_states, parse_npu_smi, read_npu_smi, soc_version_of
+    from .ascend.npu_smi import idle_check, parse_device_states, parse_npu_smi, read_npu_smi, soc_version_of
 
     status = _npu_status(npu_path)
     try:
@@ -171,7 +171,7 @@ def disk_check(output_dir):
 def weights_check(model_name, pretrained, explicit):
     """Whether --pretrained resolves: a file, already cached, or downloadable now (a HEAD request to the
     hub or the HF_ENDPOINT mirror, as the download's first request)."""
-    from .models import hub_offline, locate_weights
+    from .model.loading import hub_offline, locate_weights
 
     label, name = "weights", f"{model_name}/{pretrained}: "
     try:
@@ -203,12 +203,12 @@ def weights_check(model_name, pretrained, explicit):
 
 def data_check(data_dir, dataset, task):
     """The data folder read as step 1 reads it: counts, missing images, lines it would skip."""
-    from .dataset import Problems, read_dataset
+    from .data.dataset import Problems, read_dataset
 
     data_dir = Path(data_dir)
     try:
         if task == "zeroshot":
-            from .zeroshot import load_set
+            from .evaluate.zeroshot import load_set
 
             data = load_set(data_dir)
             return Check("data", OK, f"{data_dir}: {len(data.files)} images in {len(data.classnames)} class folders")
@@ -244,9 +244,9 @@ def smoke(out_dir, soc, npu):
     """The bundled tiny model through the toolchain: ONNX checked against PyTorch (the CPU path) and, with
     ``npu``, an OM per tower at batch 1 run through InferSession against ONNX Runtime fp32 → (checks,
     record with the seconds each stage took). The atc logs stay in ``out_dir/smoke``."""
-    from .export import export_model, onnx_path
-    from .models import TINY_MODEL, TINY_WEIGHTS, load_model
-    from .towers import example_inputs
+    from .model.export import export_model, onnx_path
+    from .model.loading import TINY_MODEL, TINY_WEIGHTS, load_model
+    from .model.towers import example_inputs
 
     watch, folder = Stopwatch(), Path(out_dir) / "smoke"
     prefix = folder / "tiny"
@@ -264,9 +264,9 @@ def smoke(out_dir, soc, npu):
         return checks, record
     if not soc:
         return checks + [Check("smoke: NPU path", FAIL, "no soc version", "pass --soc-version")], record
-    from .atc import plan_jobs, run_jobs
-    from .backends import AscendSession, OnnxRuntimeSession
-    from .metrics import compare_embeddings
+    from .agreement import compare_embeddings
+    from .ascend.atc import plan_jobs, run_jobs
+    from .run.sessions import AscendSession, OnnxRuntimeSession
 
     jobs = plan_jobs(prefix, ["vision", "text"], [1], soc)
     for job in jobs:
@@ -333,7 +333,7 @@ def diagnose(output_dir, model_name, pretrained, explicit_weights=False, data_di
 
 
 def markdown(report):
-    from .tables import markdown_table
+    from .markdown import markdown_table
 
     rows = [[c["check"], c["status"], c["found"].replace("|", "/"), c["advice"].replace("|", "/")]
             for c in report["checks"]]

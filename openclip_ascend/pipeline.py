@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import KitError, read_json, write_json
-from .models import TINY_MODEL, default_pretrained, is_random_weights, onnx_prefix
-from .text_lengths import DYNAMIC_LENGTH, text_graph
+from .model.loading import TINY_MODEL, default_pretrained, is_random_weights, onnx_prefix
+from .model.text_lengths import DYNAMIC_LENGTH, text_graph
 
 STEP_NAMES = {1: "preprocess", 2: "export", 3: "convert", 4: "infer", 5: "accuracy", 6: "performance", 7: "report"}
 INT8 = "onnxruntime-int8"
@@ -166,8 +166,8 @@ def step_preprocess(config):
 
 
 def _preprocess_retrieval(config):
-    from .preprocess import preprocess_dataset
-    from .sample import write_sample_dir
+    from .data.preprocess import preprocess_dataset
+    from .data.sample import write_sample_dir
 
     data_dir = config.data_dir
     if data_dir is None:
@@ -185,8 +185,8 @@ def _preprocess_retrieval(config):
 
 def _preprocess_zeroshot(config):
     """The classification set's images and every class × template prompt, as openclip_zeroshot.py prepares them."""
-    from .sample import CLASSIFICATION_TEMPLATES_FILE, write_classification_dir
-    from .zeroshot import load_set, write_prepared
+    from .data.sample import CLASSIFICATION_TEMPLATES_FILE, write_classification_dir
+    from .evaluate.zeroshot import load_set, write_prepared
 
     root, templates, name = config.zeroshot_dir, config.templates, config.zeroshot_dataset
     if root is None:
@@ -204,8 +204,8 @@ def _preprocess_zeroshot(config):
 
 
 def step_export(config):
-    from .export import DEFAULT_OPSET, export_model
-    from .models import load_model
+    from .model.export import DEFAULT_OPSET, export_model
+    from .model.loading import load_model
 
     opset = config.opset or DEFAULT_OPSET
     config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
@@ -214,19 +214,19 @@ def step_export(config):
     towers = export_model(model, config.onnx_prefix, opset=opset)
     lengths = _text_lengths(config, model)
     if lengths:
-        from .export import export_text_lengths
+        from .model.export import export_text_lengths
 
         config.log("python", "openclip_torch2onnx.py", "--model-name", config.model_name, "--pretrained",
                    config.pretrained, "--onnx-prefix", config.onnx_prefix, "--opset", opset, "--towers", "text",
                    "--text-lengths", ",".join(map(str, lengths)))
         towers.update(export_text_lengths(model, config.onnx_prefix, lengths, opset))
     if config.int8:
-        from .export import quantize_int8
+        from .model.export import quantize_int8
 
         for graph in list(TOWER_INPUTS) + ([text_graph(DYNAMIC_LENGTH)] if DYNAMIC_LENGTH in lengths else []):
             towers[graph]["int8_path"] = str(quantize_int8(config.onnx_prefix, graph))
     if config.fp16_estimate:
-        from .export import simulate_fp16
+        from .model.export import simulate_fp16
 
         for tower in TOWER_INPUTS:
             towers[tower]["fp16_estimate_path"] = str(simulate_fp16(config.onnx_prefix, tower))
@@ -242,7 +242,7 @@ def step_export(config):
 
 def _text_lengths(config, model):
     """The shorter text graphs this run makes: none when the text tower reads every token (said once)."""
-    from .towers import trims_exactly
+    from .model.towers import trims_exactly
 
     if not config.text_lengths:
         return []
@@ -274,7 +274,7 @@ def _length_buckets(config):
 
 def _precision_search(config):
     """``openclip_precision.py search`` for each tower on this run's preprocessed set → {tower: summary}."""
-    from .precision import prepare, run_search
+    from .evaluate.precision import prepare, run_search
 
     found = {}
     for tower in TOWER_INPUTS:
@@ -300,9 +300,9 @@ def _searched_precision(config):
 
 
 def step_convert(config):
-    from .atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
-    from .npu import detect_soc_version
-    from .tables import markdown_table
+    from .ascend.atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
+    from .ascend.npu_smi import detect_soc_version
+    from .markdown import markdown_table
 
     backend, reason = resolve_backend(config.backend)
     if backend != "ascend":
@@ -332,7 +332,7 @@ def step_convert(config):
 def _om(config, tower, batch):
     """The tower's OM for ``batch``; for text with length buckets, theirs too, comma-separated
     (shortest first: the runner's BucketedSession)."""
-    from .atc import required_om
+    from .ascend.atc import required_om
 
     graphs = [tower] if tower == "vision" else [text_graph(length) for length in _length_buckets(config)] + [tower]
     label = "dynbs" if config.dynamic_batch else f"bs{batch}"
@@ -340,7 +340,7 @@ def _om(config, tower, batch):
 
 
 def _cpu_session(config, backend, tower):
-    from .backends import OnnxRuntimeSession, TorchSession
+    from .run.sessions import OnnxRuntimeSession, TorchSession
 
     if backend == "torch":
         return TorchSession(config.model_name, config.pretrained, tower)
@@ -349,7 +349,7 @@ def _cpu_session(config, backend, tower):
 
 def _onnx_model(config, backend, tower):
     """The ONNX file an ONNX Runtime backend runs for ``tower``."""
-    from .export import fp16_estimate_path, int8_path, onnx_path
+    from .model.export import fp16_estimate_path, int8_path, onnx_path
 
     graph = _text_graph(config, backend) if tower == "text" else tower
     if backend == INT8:
@@ -363,8 +363,8 @@ def _runs(config):
     """(backend, batch, tower, model flags, run) for every combination; ``run(**infer kwargs)`` returns
     the ais_bench-style summary. OMs run on ``config.devices`` (one process per device when several),
     dynamic-batch OMs at each gear; the CPU sessions are built once per tower."""
-    from .backends import open_session
-    from .runner import infer, infer_devices, infer_opened
+    from .run.runner import infer, infer_devices, infer_opened
+    from .run.sessions import open_session
 
     for backend in backends_of(config):
         sessions = {}
@@ -405,7 +405,7 @@ def step_infer(config):
 
 
 def step_accuracy(config):
-    from .postprocess import read_embedding_dir
+    from .evaluate.postprocess import read_embedding_dir
 
     # batch by batch, so the PyTorch reference folders are read once per batch size and every
     # folder once per step (six folders cached: ~12 MB each on flickr30k with ViT-B-32)
@@ -426,7 +426,7 @@ def _embedding_folders(config, task):
 
 
 def _agreement(reference, out, read):
-    from .postprocess import embedding_agreement
+    from .evaluate.postprocess import embedding_agreement
 
     return {tower: embedding_agreement(reference / tower, out / tower, read=read) for tower in TOWER_INPUTS}
 
@@ -434,8 +434,10 @@ def _agreement(reference, out, read):
 def _retrieval_accuracy(config, read):
     import sys
 
-    from .postprocess import degenerate_warning, evaluate_folders, retrieval_record, tie_note
-    from .tables import comparison_table, metrics_line, plot_accuracy, recall_table, save_table
+    from .evaluate.postprocess import degenerate_warning, evaluate_folders, retrieval_record, tie_note
+    from .markdown import save_table
+    from .report.plots import plot_accuracy
+    from .report.tables import comparison_table, metrics_line, recall_table
 
     backends = backends_of(config)
     accuracy = []
@@ -461,7 +463,7 @@ def _retrieval_accuracy(config, read):
     print(save_table(config.output_dir / "recall", *recall_table(accuracy),
                      title="Recall (CLIP_benchmark definition)"))
     if config.aipp_estimate:
-        from .aipp import estimate
+        from .evaluate.aipp_estimate import estimate
 
         cost = estimate(config.onnx_prefix, config.prep)
         write_json(config.output_dir / "aipp_estimate.json", cost)
@@ -478,8 +480,9 @@ def _retrieval_accuracy(config, read):
 def _zeroshot_accuracy(config, read):
     """CLIP_benchmark's classification metrics per backend and batch size: one CLIP_benchmark result file
     each (``zeroshot/results_{backend}_bs{N}.json``), all of them in ``zeroshot.json``."""
-    from .tables import save_table, zeroshot_table
-    from .zeroshot import evaluate_prepared, report_accuracy
+    from .evaluate.zeroshot import evaluate_prepared, report_accuracy
+    from .markdown import save_table
+    from .report.tables import zeroshot_table
 
     backends, prep = backends_of(config), config.task_prep("zeroshot")
     accuracy = []
@@ -504,8 +507,10 @@ def _zeroshot_accuracy(config, read):
 def step_performance(config):
     import sys
 
-    from .npu import idle_check
-    from .tables import noisy_cells, plot_throughput, save_table, throughput_table
+    from .ascend.npu_smi import idle_check
+    from .markdown import save_table
+    from .report.plots import plot_throughput
+    from .report.tables import noisy_cells, throughput_table
 
     if (config.variants or config.profile) and resolve_backend(config.backend)[0] != "ascend":
         raise KitError("VARIANTS and PROFILE compile, time and profile OMs: they need the NPU (npu-smi, atc and "
@@ -544,7 +549,7 @@ def step_performance(config):
         performance["profile"] = _profile(config, throughput["ascend"])
         performance["peak_tflops"] = config.peak_tflops
     if config.variants:
-        from .sweep import parse_options, run_sweep
+        from .report.sweep import parse_options, run_sweep
 
         performance["variants"] = run_sweep(config, parse_options(config.variants, config.accuracy_subset, 0.002, 0.99))
     write_json(config.output_dir / "performance.json", performance)
@@ -553,8 +558,8 @@ def step_performance(config):
 
 def _profile(config, fps_by_batch):
     """Each tower's OM at the largest batch size under msprof → {tower: npu_profile record}."""
-    from .models import load_model
-    from .npu_profile import flops_per_sample, profile_om
+    from .ascend.profile import flops_per_sample, profile_om
+    from .model.loading import load_model
 
     batch = max(config.batch_sizes)
     model = load_model(config.model_name, config.pretrained)
@@ -569,17 +574,18 @@ def _profile(config, fps_by_batch):
 
 def _title(config):
     """The plots' title: model, device and data, as the report names them."""
-    from .report import run_title
+    from .report.writer import run_title
 
     path = config.output_dir / "results.json"
     return run_title(read_json(path) if path.is_file() else {"model_name": config.model_name})
 
 
 def step_report(config):
-    from .report import write_report
-    from .verdict import judge, terminal_lines
+    from .evaluate.verdict import judge, terminal_lines
+    from .report.writer import write_report
+    from .settings import recorded
 
-    path, published = write_report(config.output_dir, config.stale)
+    path, published = write_report(config.output_dir, config.stale, recorded(config.output_dir))
     print(f"report: {path} (results.json, accuracy.png and throughput.png beside it)")
     accuracy = config.output_dir / "accuracy.json"
     if accuracy.is_file():
@@ -607,7 +613,7 @@ def preflight(config, steps):
     """Everything a run needs, checked before any step runs or anything is written: the steps, the
     NPU tools the chosen backend needs (all missing ones named at once), the data folders, and the
     weights — a tag not yet cached is downloaded now, not after step 1 has preprocessed everything."""
-    from .models import locate_weights, resolve_checkpoint
+    from .model.loading import locate_weights, resolve_checkpoint
 
     unknown = [number for number in steps if number not in STEPS]
     if unknown:
@@ -630,8 +636,8 @@ def preflight(config, steps):
 
 def _check_data(config):
     """The data folders step 1 reads, read as step 1 reads them: a layout problem stops the run before it starts."""
-    from .dataset import Problems, read_dataset
-    from .zeroshot import load_set
+    from .data.dataset import Problems, read_dataset
+    from .evaluate.zeroshot import load_set
 
     if "retrieval" in config.tasks and config.data_dir is not None:
         read_dataset(Path(config.data_dir), config.dataset, Problems(config.on_error))

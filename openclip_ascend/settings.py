@@ -98,7 +98,7 @@ def tasks(text):
 
 
 def text_lengths(text):
-    from .cli import parse_text_lengths
+    from .model.text_lengths import parse_text_lengths
 
     if str(text).strip() == "full":
         return []
@@ -109,14 +109,14 @@ def text_lengths(text):
 
 
 def precision(text):
-    from .atc import check_precision_syntax
+    from .ascend.atc import check_precision_syntax
 
     check_precision_syntax(text)
     return text
 
 
 def variants(text):
-    from .atc_presets import parse_variants
+    from .ascend.atc_presets import parse_variants
 
     try:
         parse_variants(text)
@@ -152,7 +152,7 @@ class Setting:
 
 
 def _settings():
-    from .models import TINY_MODEL
+    from .model.loading import TINY_MODEL
 
     return (
         Setting("tasks", "TASK", "--task", tasks, ["retrieval"], 1,
@@ -343,6 +343,13 @@ def _same(old, new):
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         return list(old) == list(new)
     return old == new
+
+
+def recorded(output_dir):
+    """(variable, value as it would be set) for every setting the run folder recorded and that is set."""
+    values = (stored(output_dir) or {}).get("settings", {})
+    return [(BY_FIELD[field].env, shown(value)) for field, value in values.items()
+            if field in BY_FIELD and value not in (None, False, [], "")]
 
 
 def record(config, steps_done=()):

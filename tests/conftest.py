@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from openclip_ascend.export import export_model
-from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
-from openclip_ascend.preprocess import preprocess_dataset
-from openclip_ascend.sample import write_sample_dir
-
+from openclip_ascend.data.preprocess import preprocess_dataset
+from openclip_ascend.data.sample import write_sample_dir
+from openclip_ascend.model.export import export_model
+from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
@@ -77,9 +76,10 @@ def _same_embeddings(run, reference, manifest, precision):
     (matched by name: rows in the wrong order or under another file's name fail) the cosine and max abs diff, and
     recall@k equal up to the queries whose hit a score change within the precision's fixed tolerance can flip.
     Raises AssertionError naming what differs; returns the worst cosine and max abs diff per tower."""
-    from openclip_ascend.dataset import Manifest
-    from openclip_ascend.metrics import compare_embeddings, evaluate_retrieval, fragile_queries
-    from openclip_ascend.postprocess import read_embedding_dir
+    from openclip_ascend.agreement import compare_embeddings
+    from openclip_ascend.data.dataset import Manifest
+    from openclip_ascend.evaluate.metrics import evaluate_retrieval, fragile_queries
+    from openclip_ascend.evaluate.postprocess import read_embedding_dir
 
     bounds, m = PRECISION_BOUNDS[precision], Manifest.load(manifest)
     stems = {"vision": m.image_stems, "text": [c.stem for c in m.captions]}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openclip_ascend.aipp import aipp_config, block_for_input, emulate, estimate, parse_aipp_config, to_uint8
-from openclip_ascend.dataset import Manifest
+from openclip_ascend.ascend.aipp import aipp_config, block_for_input, emulate, parse_aipp_config, to_uint8
+from openclip_ascend.data.dataset import Manifest
+from openclip_ascend.evaluate.aipp_estimate import estimate
 from openclip_ascend.files import KitError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openclip_ascend import aisbench
-from openclip_ascend.atc import ATC_PRECISION_MODES, plan_jobs, run_jobs
-from openclip_ascend.backends import AscendSession, OnnxRuntimeSession, open_session
-from openclip_ascend.export import onnx_path
+from openclip_ascend.ascend import aisbench
+from openclip_ascend.ascend.atc import ATC_PRECISION_MODES, plan_jobs, run_jobs
+from openclip_ascend.ascend.npu_smi import detect_soc_version, parse_npu_smi, soc_version_of
 from openclip_ascend.files import KitError
-from openclip_ascend.npu import detect_soc_version, parse_npu_smi, soc_version_of
-from openclip_ascend.runner import infer, infer_devices
+from openclip_ascend.model.export import onnx_path
+from openclip_ascend.run.runner import infer, infer_devices
+from openclip_ascend.run.sessions import AscendSession, OnnxRuntimeSession, open_session
 
 HERE = Path(__file__).resolve().parent
 FAKES = HERE / "fakes"
@@ -230,9 +230,9 @@ def test_aipp_configs_as_atc_reads_them(tools, tiny_onnx, prep_dir, tmp_path):
     """Through the aipp preset: a commented config compiles and the OM normalises with the values the kit
     reads from it; a line that does not parse (a full-width colon) and an AIPP block on the ND text input
     fail as atc fails."""
-    from openclip_ascend.aipp import aipp_config, block_for_input, emulate, parse_aipp_config, to_uint8
-    from openclip_ascend.atc_presets import parse_variants, variant_jobs
-    from openclip_ascend.dataset import load_prepared
+    from openclip_ascend.ascend.aipp import aipp_config, block_for_input, emulate, parse_aipp_config, to_uint8
+    from openclip_ascend.ascend.atc_presets import parse_variants, variant_jobs
+    from openclip_ascend.data.dataset import load_prepared
 
     manifest, arrays, _ = load_prepared(prep_dir, images=2)
     pre = manifest.preprocess
@@ -287,7 +287,7 @@ def test_keep_dtype_names_must_be_nodes_of_the_graph(tools, tiny_onnx, tmp_path,
 
 
 def test_external_data_must_be_beside_the_graph(tools, tiny_model, tmp_path, monkeypatch):
-    import openclip_ascend.export as export
+    import openclip_ascend.model.export as export
 
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     export.export_model(tiny_model, tmp_path / "big", towers=("text",), check=False)
@@ -299,7 +299,7 @@ def test_external_data_must_be_beside_the_graph(tools, tiny_model, tmp_path, mon
 
 @pytest.mark.parametrize("opset", [10, 18, 19])
 def test_opsets_atc_cannot_parse_are_refused(tiny_model, tmp_path, opset):
-    from openclip_ascend.export import export_model
+    from openclip_ascend.model.export import export_model
 
     with pytest.raises(KitError, match=rf"--opset {opset}: choose 11–17"):
         export_model(tiny_model, tmp_path / "m", opset=opset)
@@ -541,7 +541,7 @@ def test_busy_npu_is_said_before_timing(oms, tmp_path, tools, monkeypatch):
 
 
 def test_acl_datatype_names_are_all_mapped():
-    from openclip_ascend.backends import _ACL_DTYPES
+    from openclip_ascend.run.sessions import _ACL_DTYPES
 
     names = "float32 float16 int8 int32 uint8 int16 uint16 uint32 int64 uint64 double bool".split()
     assert sorted(_ACL_DTYPES) == sorted(names)
@@ -573,8 +573,8 @@ def test_missing_ais_bench_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_busy_npu_readings_are_recorded_and_marked_in_the_report(tmp_path):
-    from openclip_ascend.npu import idle_check
-    from openclip_ascend.report import write_report
+    from openclip_ascend.ascend.npu_smi import idle_check
+    from openclip_ascend.report.writer import write_report
 
     readings, warnings = idle_check([0, 1], text=(NPU_SMI / "910B3_alarm_with_process.txt").read_text())
     assert readings["0"]["busy"] and readings["0"]["aicore_percent"] == 12 and not readings["1"]["busy"]
@@ -599,6 +599,6 @@ def test_busy_npu_readings_are_recorded_and_marked_in_the_report(tmp_path):
 def test_first_error_reads_every_layout_atc_prints(log, expected):
     """CANN up to 8.0 (`CODE: message`), 8.5+ (`[PID: n] <time> <title>(CODE): message`) and an inner error whose
     cause is on the next line: the table gets `CODE: cause`, never the command line the kit wrote above."""
-    from openclip_ascend.atc import first_error
+    from openclip_ascend.ascend.atc import first_error
 
     assert first_error(log).startswith(expected)

@@ -13,15 +13,15 @@ import onnx
 import pytest
 from PIL import Image
 
-from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.dataset import ANNOTATION_FILE, Manifest, read_annotations
-from openclip_ascend.export import onnx_path
+from openclip_ascend.data.dataset import ANNOTATION_FILE, Manifest, read_annotations
+from openclip_ascend.data.preprocess import preprocess_dataset
+from openclip_ascend.data.sample import write_sample_dir
+from openclip_ascend.evaluate.postprocess import evaluate_folders
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL
-from openclip_ascend.postprocess import evaluate_folders
-from openclip_ascend.preprocess import preprocess_dataset
-from openclip_ascend.runner import infer
-from openclip_ascend.sample import write_sample_dir
+from openclip_ascend.model.export import onnx_path
+from openclip_ascend.model.loading import TINY_MODEL
+from openclip_ascend.run.runner import infer
+from openclip_ascend.run.sessions import OnnxRuntimeSession
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_bad_caption_lines(tmp_path, line, message):
     path = write_annotations(tmp_path, f"image,caption\n1.jpg,one\n{line}\n1.jpg,uno\n".encode())
     with pytest.raises(KitError, match=rf"{ANNOTATION_FILE}:3: {message}"):
         read_annotations(path)
-    from openclip_ascend.dataset import Problems
+    from openclip_ascend.data.dataset import Problems
 
     problems = Problems("skip")
     manifest = read_annotations(path, problems)
@@ -165,7 +165,7 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
     path = write_annotations(tmp_path, "image,caption\n1.jpg,one\n1.jpg,caf\xe9 latin-1\n".encode("latin-1"))
     with pytest.raises(KitError, match=rf"{ANNOTATION_FILE}:3: bytes that are not UTF-8.*re-save the file as UTF-8"):
         read_annotations(path)
-    from openclip_ascend.dataset import Problems
+    from openclip_ascend.data.dataset import Problems
 
     manifest = read_annotations(path, Problems("skip"))
     assert [c.text for c in manifest.captions] == ["one"]
@@ -349,8 +349,8 @@ def test_repeated_batch_size_is_refused():
 WORKER_STOP = """
 import signal, time
 from openclip_ascend import cli
-from openclip_ascend.preprocess import worker_pool
-from openclip_ascend.transforms import PreprocessConfig
+from openclip_ascend.data.preprocess import worker_pool
+from openclip_ascend.data.transforms import PreprocessConfig
 
 signal.signal(signal.SIGTERM, cli._terminate)  # what every script installs through cli.run
 pool = worker_pool(2, PreprocessConfig(size=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3))
@@ -434,7 +434,7 @@ def test_on_error_skip_reaches_the_pipeline_and_an_empty_set_is_an_error(tmp_pat
 
 
 def test_empty_class_folders_are_named_and_hidden_folders_ignored(tmp_path):
-    from openclip_ascend.zeroshot import read_image_folder
+    from openclip_ascend.evaluate.zeroshot import read_image_folder
 
     for folder in ("red", "blue", "grey", ".ipynb_checkpoints"):
         (tmp_path / folder).mkdir()

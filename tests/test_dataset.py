@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from openclip_ascend.dataset import ANNOTATION_FILE, Manifest, read_annotations
+from openclip_ascend.data.dataset import ANNOTATION_FILE, Manifest, read_annotations
+from openclip_ascend.data.preprocess import preprocess_dataset
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL
-from openclip_ascend.preprocess import preprocess_dataset
+from openclip_ascend.model.loading import TINY_MODEL
 
 ANNOTATIONS = '''image,caption
 20.jpg,"A dog, running on grass."

@@ -116,7 +116,7 @@ def test_doctor_reads_the_data_folder_as_step_one_would(sample_dir, tmp_path):
 
 
 def test_cann_version_is_read_as_the_install_records_it(tmp_path):
-    from openclip_ascend.npu import cann_version
+    from openclip_ascend.ascend.npu_smi import cann_version
 
     (tmp_path / "aarch64-linux").mkdir()
     (tmp_path / "aarch64-linux" / "ascend_toolkit_install.info").write_text("package_name=Ascend-cann-toolkit\n"

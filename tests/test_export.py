@@ -4,11 +4,11 @@ import numpy as np
 import onnx
 import pytest
 
-from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.export import DEFAULT_OPSET, check_parity, export_model, onnx_path, torch_embeddings
-from openclip_ascend.towers import example_inputs
 from openclip_ascend.files import KitError
-from openclip_ascend.models import load_model
+from openclip_ascend.model.export import DEFAULT_OPSET, check_parity, export_model, onnx_path, torch_embeddings
+from openclip_ascend.model.loading import load_model
+from openclip_ascend.model.towers import example_inputs
+from openclip_ascend.run.sessions import OnnxRuntimeSession
 
 CONTRACT = {
     "vision": ("image", onnx.TensorProto.FLOAT, "image_embed"),
@@ -93,7 +93,7 @@ def test_unknown_tag_lists_known_ones():
 
 
 def test_checkpoint_of_another_model_is_readable_error(tmp_path):
-    from openclip_ascend.models import TINY_WEIGHTS
+    from openclip_ascend.model.loading import TINY_WEIGHTS
 
     with pytest.raises(KitError, match="do not fit --model-name ViT-B-32"):
         load_model("ViT-B-32", str(TINY_WEIGHTS))
@@ -104,7 +104,7 @@ def test_torch2onnx_cli_takes_the_references_flags(tmp_path, sample_dir):
     import subprocess
     import sys
 
-    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
+    from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS
 
     image = sorted(sample_dir.glob("*.jpg"))[0]
     result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
@@ -144,7 +144,7 @@ def test_random_weights_only_when_asked_and_never_silently(tmp_path):
     import subprocess
     import sys
 
-    from openclip_ascend.models import TINY_MODEL
+    from openclip_ascend.model.loading import TINY_MODEL
 
     result = subprocess.run([sys.executable, "openclip_torch2onnx.py", "--model-name", TINY_MODEL,
                              "--pretrained", "none", "--onnx-prefix", str(tmp_path / "r"), "--towers", "text"],
@@ -166,8 +166,8 @@ def _flops(module, inputs):
 def test_last_block_runs_for_the_pooled_token_only(vit_b_32):
     import torch
 
-    from openclip_ascend.export import plain_attention
-    from openclip_ascend.towers import tower_module
+    from openclip_ascend.model.export import plain_attention
+    from openclip_ascend.model.towers import tower_module
 
     model = vit_b_32[0]
     if not hasattr(model.visual, "_embeds"):
@@ -186,8 +186,8 @@ def test_last_block_runs_for_the_pooled_token_only(vit_b_32):
 def test_pooling_that_reads_every_token_keeps_the_whole_last_block(tmp_path):
     import open_clip
 
-    from openclip_ascend.towers import tower_module
-    from openclip_ascend.models import TINY_MODEL
+    from openclip_ascend.model.loading import TINY_MODEL
+    from openclip_ascend.model.towers import tower_module
 
     cfg = open_clip.get_model_config(TINY_MODEL)
     model = load_model(TINY_MODEL, vision_cfg={**cfg["vision_cfg"], "pool_type": "avg"},
@@ -201,7 +201,7 @@ def test_pooling_that_reads_every_token_keeps_the_whole_last_block(tmp_path):
 
 def test_graphs_over_the_protobuf_limit_keep_their_weights_beside_them(tiny_model, tmp_path, monkeypatch):
     """ViT-H-14's vision tower and ViT-bigG exceed protobuf's 2 GB: shown here with the limit lowered."""
-    import openclip_ascend.export as export
+    import openclip_ascend.model.export as export
 
     prefix = tmp_path / "big"
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
@@ -249,8 +249,8 @@ def _fused_qkv_tokens(graph):
 def _checked_npu_graphs(model, prefix, options, opset=DEFAULT_OPSET, check=False):
     """Export the NPU graphs with ``options``: each equals the standard graph on ONNX Runtime (batch 1 and 3,
     max abs diff ≤ 1e-5), records its options, and has the structure they name."""
-    from openclip_ascend.export import export_npu_graphs
-    from openclip_ascend.npu_options import describe, graph_name, tower_options
+    from openclip_ascend.model.export import export_npu_graphs
+    from openclip_ascend.model.npu_options import describe, graph_name, tower_options
 
     report = export_npu_graphs(model, prefix, opset=opset, check=check, options=options)
     towers = {"vision": model.visual.transformer, "text": model.transformer}
@@ -287,7 +287,7 @@ def _checked_npu_graphs(model, prefix, options, opset=DEFAULT_OPSET, check=False
 
 def test_npu_graph_pads_tokens_to_16_and_keeps_the_embeddings(vit_b_32):
     """The recommended set (--npu-graph alone) on ViT-B-32: 50 → 64 tokens, text 77 → 80, EOT without ArgMax."""
-    from openclip_ascend.npu_options import RECOMMENDED
+    from openclip_ascend.model.npu_options import RECOMMENDED
 
     model, prefix, _ = vit_b_32
     _checked_npu_graphs(model, prefix, RECOMMENDED, check=True)
@@ -304,8 +304,8 @@ def test_npu_graph_options_keep_the_embeddings_and_compile(tiny_model, tmp_path,
     import sys
     from pathlib import Path
 
-    from openclip_ascend.atc import run_jobs
-    from openclip_ascend.atc_presets import parse_variants, variant_jobs
+    from openclip_ascend.ascend.atc import run_jobs
+    from openclip_ascend.ascend.atc_presets import parse_variants, variant_jobs
 
     fakes = Path(__file__).resolve().parent / "fakes"
     monkeypatch.setenv("PATH", f"{fakes / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -341,7 +341,7 @@ def test_npu_graph_options_on_vit_b_32(vit_b_32_two_layers, options):
 
 
 def test_npu_graph_options_are_named_or_refused_in_one_line():
-    from openclip_ascend.npu_options import RECOMMENDED, graph_name, parse_graph_options
+    from openclip_ascend.model.npu_options import RECOMMENDED, graph_name, parse_graph_options
 
     assert parse_graph_options("") == RECOMMENDED == {"pad16", "eot"}  # --npu-graph alone
     assert parse_graph_options(" padrows , qkv ") == {"padrows", "qkv"}

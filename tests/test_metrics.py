@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from openclip_ascend.metrics import evaluate_retrieval, fragile_queries, retrieval_metrics
+from openclip_ascend.evaluate.metrics import evaluate_retrieval, fragile_queries, retrieval_metrics
 
 torch = pytest.importorskip("torch")
 zeroshot_retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")

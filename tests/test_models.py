@@ -4,13 +4,13 @@ import numpy as np
 import onnx
 import pytest
 
-from openclip_ascend.atc import graph_input, input_shape_arg
-from openclip_ascend.backends import OnnxRuntimeSession
-from openclip_ascend.export import export_model, onnx_path, torch_embeddings
-from openclip_ascend.towers import example_inputs
+from openclip_ascend.ascend.atc import graph_input, input_shape_arg
+from openclip_ascend.data.transforms import Tokenizer, preprocess_config
 from openclip_ascend.files import KitError
-from openclip_ascend.models import load_model, preprocess_config
-from openclip_ascend.transforms import Tokenizer
+from openclip_ascend.model.export import export_model, onnx_path, torch_embeddings
+from openclip_ascend.model.loading import load_model
+from openclip_ascend.model.towers import example_inputs
+from openclip_ascend.run.sessions import OnnxRuntimeSession
 
 
 def shallow(model_name, layers=2):
@@ -43,7 +43,7 @@ def test_other_architectures_export_with_their_own_shapes(model_name, image_size
 
 @pytest.mark.parametrize("model_name", ["ViT-B-32", "ViT-L-14-336", "convnext_base_w"])
 def test_preprocessing_reads_its_config_without_building_weights(model_name):
-    from openclip_ascend.models import model_skeleton
+    from openclip_ascend.model.loading import model_skeleton
 
     skeleton = model_skeleton(model_name)
     assert all(parameter.is_meta for parameter in skeleton.parameters())  # no weight memory at all
@@ -66,7 +66,7 @@ def test_quickgelu_config_is_honoured():
 # --- GPU fallback selection ------------------------------------------------------------------------
 
 def test_execution_provider_selection():
-    from openclip_ascend.backends import execution_providers
+    from openclip_ascend.run.sessions import execution_providers
 
     assert execution_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -110,7 +110,7 @@ def test_gpu_backend_joins_the_pipeline_backends(monkeypatch, tmp_path):
 def test_npu_graph_pads_vit_b_16_tokens_197_to_208(tmp_path):
     """ViT-B-16's 197 tokens: padded to 208 and masked (pad16, the recommended set), or padded to 208 for the
     products and attended at 197 with q, k, v from one product (padrows,qkv); both equal the standard graph."""
-    from openclip_ascend.export import export_npu_graphs
+    from openclip_ascend.model.export import export_npu_graphs
 
     model = shallow("ViT-B-16", layers=2)
     export_model(model, tmp_path / "m", towers=("vision",), check=False)

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from openclip_ascend.dataset import read_coco_annotations
+from openclip_ascend.data.dataset import read_coco_annotations
+from openclip_ascend.data.preprocess import preprocess_dataset
+from openclip_ascend.data.sample import write_coco_sample_dir, write_sample_dir
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL
+from openclip_ascend.model.loading import TINY_MODEL
 from openclip_ascend.pipeline import RunConfig, run_steps
-from openclip_ascend.preprocess import preprocess_dataset
-from openclip_ascend.sample import write_coco_sample_dir, write_sample_dir
 
 
 def test_coco_layout_gives_the_flickr_layouts_arrays_and_captions(tmp_path):
@@ -70,7 +70,7 @@ def test_an_image_without_captions_stays_as_clip_benchmark_keeps_it(tmp_path):
     import torch
     from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
 
-    from openclip_ascend.metrics import evaluate_retrieval
+    from openclip_ascend.evaluate.metrics import evaluate_retrieval
 
     images = [{"id": i, "file_name": f"{name}.jpg"} for i, name in ((1, "a"), (2, "lone"), (3, "c"))]
     annotations = [{"image_id": 1, "caption": "a"}, {"image_id": 3, "caption": "c"}]

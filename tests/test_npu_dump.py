@@ -16,9 +16,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from openclip_ascend.ascend.dump import (
+    FRACTAL_NZ,
+    NC1HWC0,
+    dump_files,
+    mangled,
+    outputs_by_node,
+    parse_dump_name,
+    read_dump_file,
+    to_logical,
+)
 from openclip_ascend.files import KitError
-from openclip_ascend.npu_dump import (FRACTAL_NZ, NC1HWC0, dump_files, mangled, outputs_by_node, parse_dump_name,
-                                      read_dump_file, to_logical)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
@@ -256,8 +264,8 @@ def _fakes_env():
 def test_locate_on_the_npu_dump_finds_the_planted_overflow(planted_weights, prep_dir, tmp_path):
     """The planted model compiled to an fp16 OM (stand-in atc) and run with the dump on: the first jump is
     the planted LayerNorm, as in the simulation; the same dump read again offline gives the same table."""
-    from openclip_ascend.models import TINY_MODEL
-    from openclip_ascend.precision import export_for_precision
+    from openclip_ascend.evaluate.precision import export_for_precision
+    from openclip_ascend.model.loading import TINY_MODEL
 
     env = _fakes_env()
     prefix = export_for_precision(TINY_MODEL, planted_weights, tmp_path / "export")

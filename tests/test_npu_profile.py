@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from openclip_ascend.ascend.profile import ai_cpu_ops, msprof_command, op_shares, profile_om, read_table, summary_parts
 from openclip_ascend.files import KitError
-from openclip_ascend.npu_profile import ai_cpu_ops, msprof_command, op_shares, profile_om, read_table, summary_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"

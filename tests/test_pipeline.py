@@ -160,7 +160,7 @@ def test_fp16_estimate_rounds_but_stays_close(demo):
 
 
 def test_accuracy_step_reads_each_embedding_folder_once(demo, monkeypatch):
-    import openclip_ascend.postprocess as postprocess
+    import openclip_ascend.evaluate.postprocess as postprocess
     from openclip_ascend.pipeline import step_accuracy
 
     out, results = demo
@@ -204,8 +204,8 @@ def test_a_collapsed_backend_fails_the_check_everywhere(demo, tmp_path):
 
 
 def test_random_weights_are_recorded_and_shown(tmp_path, capsys):
-    from openclip_ascend.models import DEFAULT_PRETRAINED
-    from openclip_ascend.report import write_report
+    from openclip_ascend.model.loading import DEFAULT_PRETRAINED
+    from openclip_ascend.report.writer import write_report
 
     assert RunConfig(tmp_path, model_name="ViT-B-32").pretrained == DEFAULT_PRETRAINED  # never random by omission
     config = RunConfig(tmp_path, pretrained="none", backend="onnxruntime")
@@ -217,8 +217,8 @@ def test_random_weights_are_recorded_and_shown(tmp_path, capsys):
 
 def test_noisy_throughput_is_measured_again_within_the_budget_and_marked_otherwise(tmp_path, monkeypatch):
     import openclip_ascend.pipeline as pipeline
-    from openclip_ascend.report import write_report
-    from openclip_ascend.runner import spread
+    from openclip_ascend.report.writer import write_report
+    from openclip_ascend.run.runner import spread
 
     calls = []
 
@@ -293,7 +293,7 @@ def _write_run(folder, pretrained, retrieval="mscoco", zeroshot="imagenet1k", re
 
 
 def test_published_figures_sit_beside_the_run_for_the_published_model(tmp_path):
-    from openclip_ascend.report import write_report
+    from openclip_ascend.report.writer import write_report
 
     _write_run(tmp_path, "laion2b_s34b_b79k")
     path, published = write_report(tmp_path)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openclip_ascend.dataset import Manifest
+from openclip_ascend.data.dataset import Manifest
+from openclip_ascend.evaluate.metrics import retrieval_metrics
+from openclip_ascend.evaluate.postprocess import evaluate_folders, read_embedding_dir
 from openclip_ascend.files import KitError
-from openclip_ascend.metrics import retrieval_metrics
-from openclip_ascend.postprocess import evaluate_folders, read_embedding_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,8 +103,8 @@ def test_cli_prints_reference_line_last_and_writes_json(tmp_path):
 
 
 def test_metrics_line_is_the_references_float32_text():
-    from openclip_ascend.metrics import RetrievalResult
-    from openclip_ascend.tables import metrics_line
+    from openclip_ascend.evaluate.metrics import RetrievalResult
+    from openclip_ascend.report.tables import metrics_line
 
     keys = ("image_retrieval_recall@5", "text_retrieval_recall@5")
     result = RetrievalResult(metrics={k: 0.0 for k in keys}, hits=dict(zip(keys, (4421, 962))),

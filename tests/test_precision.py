@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from openclip_ascend.atc import plan_jobs
-from openclip_ascend.export import export_model
+from openclip_ascend.ascend.atc import plan_jobs
+from openclip_ascend.evaluate.precision import export_for_precision, prepare, run_search
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL
-from openclip_ascend.precision import export_for_precision, prepare, run_search
+from openclip_ascend.model.export import export_model
+from openclip_ascend.model.loading import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = "resblocks.0"  # scopes read transformer/resblocks.0/… (or resblocks.0/… where the pooled rewrite runs the blocks)

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from openclip_ascend.backends import OnnxRuntimeSession, TorchSession, open_session
-from openclip_ascend.export import onnx_path
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
-from openclip_ascend.runner import infer
+from openclip_ascend.model.export import onnx_path
+from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS
+from openclip_ascend.run.runner import infer
+from openclip_ascend.run.sessions import OnnxRuntimeSession, TorchSession, open_session
 
 # every wording of ais_bench's throughput line (ascend-tools reference), parsed the way the kit will parse it
 THROUGHPUT = re.compile(r"\[INFO\] throughput 1000\*batchsize(?:\.mean)?\(([\d.]+)\)/"
@@ -162,7 +162,7 @@ def test_bin_inputs_take_the_models_dtype(tiny_onnx, ten_images, tmp_path):
 
 
 def test_split_among_devices_is_ais_bench_s():
-    from openclip_ascend.runner import split_among_devices
+    from openclip_ascend.run.runner import split_among_devices
 
     assert [len(share) for share in split_among_devices(list(range(10)), [0, 1, 2])] == [4, 4, 2]
     assert split_among_devices(list(range(4)), [3, 5]) == [[0, 1], [2, 3]]
@@ -182,7 +182,7 @@ SPREADS = {
 
 @pytest.mark.parametrize("case", SPREADS)
 def test_spread_marks_runs_that_vary_too_much(case):
-    from openclip_ascend.runner import spread
+    from openclip_ascend.run.runner import spread
 
     times, noisy = SPREADS[case]
     cv, tail = np.std(times) / np.mean(times), np.percentile(times, 99) / np.median(times)
@@ -193,7 +193,7 @@ def test_spread_marks_runs_that_vary_too_much(case):
 
 
 def test_spread_of_one_run_or_one_slow_run_in_twenty():
-    from openclip_ascend.runner import spread
+    from openclip_ascend.run.runner import spread
 
     assert not spread([7.0])["noisy"]
     tail = spread([10.0] * 19 + [25.0])  # one run in twenty slowed by other load
@@ -204,7 +204,7 @@ def test_pass_through_reads_each_devices_summary(tmp_path, capsys):
     """`ais_bench --device 0,2` writes one ordinary summary per device, O/D/device{N}_summary.json, and none
     at O/D_summary.json (ascend-tools reference); the pass-through returns each device's under its number
     — not a single-device summary an earlier run left beside the folder — and the summed throughput."""
-    from openclip_ascend import aisbench
+    from openclip_ascend.ascend import aisbench
 
     out = tmp_path / "o"
     (out / "d").mkdir(parents=True)

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from openclip_ascend.atc_presets import parse_variants, variant_jobs
+from openclip_ascend.ascend.atc_presets import parse_variants, variant_jobs
 from openclip_ascend.files import KitError
-from openclip_ascend.sweep import SweepOptions, choose
+from openclip_ascend.report.sweep import SweepOptions, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
 
 
 def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
-    from openclip_ascend.export import export_npu_graphs
+    from openclip_ascend.model.export import export_npu_graphs
 
     variants = parse_variants("base,npu+hp,smallch+nofuseattn,npu+padrows+qkv")
     assert [v.tag for v in variants] == ["", "npu_hp", "smallch_nofuseattn", "padrows_qkv"]  # a graph option implies npu
@@ -35,7 +35,7 @@ def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
         parse_variants("padrows+nopad")
     auto = parse_variants("auto")
     assert {"padrows", "nopad", "qkv", "argmax", "hp", "smallch", "nofuseattn"} <= {p for v in auto for p in v.parts}
-    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
+    from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model
 
     with pytest.raises(KitError, match=r"tiny_vision_npu_padrows_qkv.onnx not found; export it with "
                                        r"openclip_torch2onnx.py --npu-graph padrows,qkv$"):
@@ -65,9 +65,9 @@ def test_hp_acts_on_the_gelu_flavour_the_graph_has(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
 
-    from openclip_ascend.atc_presets import preset_notes
-    from openclip_ascend.export import export_tower, onnx_path
-    from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS, load_model
+    from openclip_ascend.ascend.atc_presets import preset_notes
+    from openclip_ascend.model.export import export_tower, onnx_path
+    from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model
 
     (hp,) = parse_variants("hp")
     export_tower(load_model(TINY_MODEL, str(TINY_WEIGHTS), quick_gelu=True), "vision", onnx_path(tmp_path / "quick", "vision"))
@@ -87,8 +87,8 @@ def test_hp_acts_on_the_gelu_flavour_the_graph_has(tmp_path, capsys):
 def test_the_sweep_exports_npu_graphs_that_are_missing_stale_or_of_other_options(tiny_model, tmp_path):
     import onnx
 
-    from openclip_ascend.export import export_model, export_npu_graphs, onnx_path
-    from openclip_ascend.sweep import _stale_npu_graphs
+    from openclip_ascend.model.export import export_model, export_npu_graphs, onnx_path
+    from openclip_ascend.report.sweep import _stale_npu_graphs
 
     prefix = tmp_path / "m"
     export_model(tiny_model, prefix, check=False)
@@ -271,7 +271,7 @@ def test_profile_on_the_stand_in_npu(tmp_path):
 
 
 def test_msprof_runs_a_dynamic_batch_om_at_its_gear(tmp_path):
-    from openclip_ascend.npu_profile import msprof_command
+    from openclip_ascend.ascend.profile import msprof_command
 
     static, dynamic = msprof_command(tmp_path, "m_bs8.om", 8, 5), msprof_command(tmp_path, "m_dynbs.om", 8, 5, True)
     assert static[:2] == ["msprof", f"--output={tmp_path}"] and "--dymBatch" not in static[-1]

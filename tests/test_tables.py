@@ -3,8 +3,8 @@ said once per metric, and best figures never marked on noisy timings."""
 
 import pytest
 
-from openclip_ascend.tables import collapse_batches, throughput_table, tie_summary, tower_throughput_table
-from openclip_ascend.verdict import FAIL, PASS, judge
+from openclip_ascend.evaluate.verdict import FAIL, PASS, judge
+from openclip_ascend.report.tables import collapse_batches, throughput_table, tie_summary, tower_throughput_table
 
 
 def entry(backend, batch, image, text, cosine=0.9999, check="passed", images=100, captions=500):

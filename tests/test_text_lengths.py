@@ -6,16 +6,16 @@ import numpy as np
 import onnx
 import pytest
 
-from openclip_ascend.backends import BucketedSession, OnnxRuntimeSession, open_session
-from openclip_ascend.dataset import Manifest
-from openclip_ascend.export import export_model, export_text_lengths, onnx_path
+from openclip_ascend.data.dataset import Manifest
+from openclip_ascend.data.sample import random_scenes
+from openclip_ascend.data.transforms import Tokenizer
+from openclip_ascend.evaluate.metrics import evaluate_retrieval
 from openclip_ascend.files import KitError
-from openclip_ascend.metrics import evaluate_retrieval
-from openclip_ascend.models import TINY_MODEL, load_model
-from openclip_ascend.runner import infer
-from openclip_ascend.sample import random_scenes
-from openclip_ascend.text_lengths import DYNAMIC_LENGTH, length_plan, needed_tokens
-from openclip_ascend.transforms import Tokenizer
+from openclip_ascend.model.export import export_model, export_text_lengths, onnx_path
+from openclip_ascend.model.loading import TINY_MODEL, load_model
+from openclip_ascend.model.text_lengths import DYNAMIC_LENGTH, length_plan, needed_tokens
+from openclip_ascend.run.runner import infer
+from openclip_ascend.run.sessions import BucketedSession, OnnxRuntimeSession, open_session
 
 
 class WidthRecorder:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openclip_ascend.transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
+from openclip_ascend.data.transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: E402
@@ -46,7 +46,7 @@ def test_pixels_equal_open_clip_transform(cfg):
 
 
 def test_model_preprocess_config_is_used(tiny_model):
-    from openclip_ascend.models import preprocess_config
+    from openclip_ascend.data.transforms import preprocess_config
 
     config = preprocess_config(tiny_model)
     assert config.size == (224, 224)

@@ -112,8 +112,8 @@ def run_kit(script, args, tmp_path, **env):
 def test_a_tag_downloads_through_hf_endpoint_and_the_graph_holds_the_served_weights(served, tmp_path, tiny_model):
     import onnxruntime as ort
 
-    from openclip_ascend.models import TINY_MODEL, load_model
-    from openclip_ascend.towers import example_inputs, tower_module
+    from openclip_ascend.model.loading import TINY_MODEL, load_model
+    from openclip_ascend.model.towers import example_inputs, tower_module
 
     hub, local = served
     hub.requests.clear()
@@ -148,7 +148,7 @@ def registered(monkeypatch):
     import huggingface_hub.constants as constants
     import open_clip.pretrained as pretrained
 
-    from openclip_ascend.models import TINY_MODEL
+    from openclip_ascend.model.loading import TINY_MODEL
 
     monkeypatch.setitem(pretrained._PRETRAINED, TINY_MODEL, {TAG: {"url": "", "hf_hub": f"{REPO}/"}})
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -161,7 +161,7 @@ def test_offline_is_one_line_with_the_url_and_stops_the_pipeline_before_step_one
     from openclip_ascend.commands.pipeline import main as pipeline
     from openclip_ascend.doctor import weights_check
     from openclip_ascend.files import KitError
-    from openclip_ascend.models import TINY_MODEL
+    from openclip_ascend.model.loading import TINY_MODEL
 
     message = (f"--pretrained {TAG}: the weights of {TINY_MODEL}/{TAG} are not on this machine and HF_HUB_OFFLINE=1 "
                f"forbids downloading them; fetch {registered} and pass --pretrained /path/to/that/file")
@@ -179,7 +179,7 @@ def test_offline_is_one_line_with_the_url_and_stops_the_pipeline_before_step_one
 def test_a_repo_missing_on_the_mirror_is_one_line_and_doctor_tells_before(served, tmp_path):
     """Through HF_ENDPOINT: doctor's HEAD request finds the tag downloadable and the absent repo not; the download
     of the absent one is one line naming its URL."""
-    from openclip_ascend.models import TINY_MODEL
+    from openclip_ascend.model.loading import TINY_MODEL
 
     hub, _ = served
     code = (LAUNCHER.split("sys.argv")[0] + "from openclip_ascend.doctor import weights_check\n"

@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from openclip_ascend.data.sample import (
+    CLASSIFICATION_TEMPLATES,
+    CLASSIFICATION_TEMPLATES_FILE,
+    COLORS,
+    write_classification_dir,
+)
+from openclip_ascend.evaluate.zeroshot import builtin, classifier, classify, load_set, prompts, run_zeroshot
 from openclip_ascend.files import KitError
-from openclip_ascend.models import TINY_MODEL, TINY_WEIGHTS
-from openclip_ascend.sample import CLASSIFICATION_TEMPLATES, CLASSIFICATION_TEMPLATES_FILE, COLORS, write_classification_dir
-from openclip_ascend.zeroshot import builtin, classifier, classify, load_set, prompts, run_zeroshot
+from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = list(CLASSIFICATION_TEMPLATES)
@@ -32,7 +37,7 @@ def test_metrics_and_classifier_equal_clip_benchmark(tiny_model, colours):
     zsc = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
     from sklearn.metrics import balanced_accuracy_score
 
-    from openclip_ascend.transforms import Tokenizer
+    from openclip_ascend.data.transforms import Tokenizer
 
     names = sorted(COLORS)
     expected = zsc.zero_shot_classifier(tiny_model, lambda texts: torch.from_numpy(Tokenizer(TINY_MODEL)(texts)), names,

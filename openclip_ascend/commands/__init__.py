@@ -47,3 +47,13 @@ def main(argv=None):
 def console():
     """The ``openclip-ascend`` entry point."""
     run(main)
+
+
+def described(doc, prog):
+    """A command's help text with its examples as the user types them: ``openclip-ascend infer …`` when run as
+    the ``openclip-ascend`` subcommand (after ``pip install``), ``python openclip_infer.py …`` from a checkout."""
+    if not prog or not prog.startswith("openclip-ascend "):
+        return doc
+    for name, (_, script, _) in COMMANDS.items():
+        doc = doc.replace(f"python {script}", f"openclip-ascend {name}")
+    return doc

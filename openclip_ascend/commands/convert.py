@@ -16,8 +16,9 @@ import argparse
 import shlex
 import sys
 
-from ..cli import csv_ints, described, print_result
-from ..tables import markdown_table
+from ..cli import csv_ints, print_result
+from ..markdown import markdown_table
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -48,10 +49,10 @@ def main(argv=None, prog=None):
     parser.add_argument("--dry-run", action="store_true", help="print the atc commands, run nothing")
     args = parser.parse_args(argv)
 
-    from ..atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
+    from ..ascend.atc import SUMMARY_HEADERS, plan_jobs, run_jobs, summary_rows
+    from ..ascend.npu_smi import detect_soc_version
     from ..files import KitError
-    from ..npu import detect_soc_version
-    from ..text_lengths import text_graph
+    from ..model.text_lengths import text_graph
 
     soc, _, warnings = detect_soc_version(args.soc_version)
     for warning in warnings:
@@ -59,7 +60,7 @@ def main(argv=None, prog=None):
     towers = [tower.strip() for tower in args.towers.split(",") if tower.strip()]
     towers += [text_graph(length) for length in csv_ints(args.text_lengths, minimum=3)] if args.text_lengths else []
     if args.variant:
-        from ..atc_presets import parse_variants, variant_jobs
+        from ..ascend.atc_presets import parse_variants, variant_jobs
 
         variants = parse_variants(args.variant)
         if len(variants) > 1 or args.atc_args or args.tag or args.text_lengths or args.precision_mode_v2:

@@ -22,7 +22,8 @@ import argparse
 import os
 import sys
 
-from ..cli import EXIT_CHECK_FAILED, described
+from ..cli import EXIT_CHECK_FAILED
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -46,7 +47,7 @@ def main(argv=None, prog=None):
     args = parser.parse_args(argv)
 
     from ..doctor import FAIL, diagnose, terminal
-    from ..models import default_pretrained
+    from ..model.loading import default_pretrained
 
     model_name = args.model_name or "ViT-B-32"
     report = diagnose(args.output_dir, model_name, default_pretrained(model_name, args.pretrained),

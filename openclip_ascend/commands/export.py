@@ -20,10 +20,12 @@ the sweep's variants (npu, padrows, nopad, qkv, argmax).
 
 import argparse
 
-from ..cli import described, parse_text_lengths, print_result
-from ..export import DEFAULT_OPSET
-from ..models import DEFAULT_PRETRAINED, TINY_MODEL
-from ..npu_options import OPTIONS, RECOMMENDED, describe, parse_graph_options
+from ..cli import print_result
+from ..model.export import DEFAULT_OPSET
+from ..model.loading import DEFAULT_PRETRAINED, TINY_MODEL
+from ..model.npu_options import OPTIONS, RECOMMENDED, describe, parse_graph_options
+from ..model.text_lengths import parse_text_lengths
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -52,8 +54,9 @@ def main(argv=None, prog=None):
     args = parser.parse_args(argv)
     graph_options = None if args.npu_graph is None else parse_graph_options(args.npu_graph)
 
-    from ..export import export_model, export_npu_graphs, export_text_lengths, given_examples
-    from ..models import default_pretrained, is_random_weights, load_model
+    from ..data.preprocess import given_examples
+    from ..model.export import export_model, export_npu_graphs, export_text_lengths
+    from ..model.loading import default_pretrained, is_random_weights, load_model
 
     args.pretrained = default_pretrained(args.model_name, args.pretrained)
 

@@ -22,8 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..backends import BACKENDS
-from ..cli import described, str2bool
+from ..cli import str2bool
+from ..run.sessions import BACKENDS
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -58,11 +59,11 @@ def main(argv=None, prog=None):
     parser.add_argument("--tower", choices=["vision", "text"], help="tower to run (torch backend)")
     args = parser.parse_args(argv)
 
-    from ..backends import om_batch, open_session
+    from ..ascend.npu_smi import idle_check
     from ..cli import csv_ints
     from ..files import KitError
-    from ..npu import idle_check
-    from ..runner import infer, infer_devices
+    from ..run.runner import infer, infer_devices
+    from ..run.sessions import om_batch, open_session
 
     given = {"input": args.input, "output": args.output, "output_dirname": args.output_dirname,
              "outfmt": args.outfmt, "batchsize": args.batchsize, "loop": args.loop, "device": args.device,
@@ -85,7 +86,7 @@ def main(argv=None, prog=None):
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     if args.via_ais_bench:
-        from .. import aisbench
+        from ..ascend import aisbench
 
         if "," in str(args.model or ""):
             raise KitError("--via-ais-bench: ais_bench takes one model; length buckets (several text models) run in "
@@ -100,7 +101,7 @@ def main(argv=None, prog=None):
         raise KitError(f"--device {args.device}: only OM models run on NPU devices; the CPU backends use device 0")
     acl_json_path = args.acl_json_path
     if args.dump and not acl_json_path:  # what ais_bench's get_acl_json_path writes
-        from ..npu_dump import write_acl_json
+        from ..ascend.dump import write_acl_json
 
         model = str(args.model or "").split(",")[-1]
         acl_json_path = write_acl_json(Path(args.output) / "acl.json", Path(args.output) / "dump",

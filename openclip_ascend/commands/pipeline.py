@@ -22,7 +22,8 @@ import argparse
 import os
 import sys
 
-from ..cli import EXIT_CHECK_FAILED, described
+from ..cli import EXIT_CHECK_FAILED
+from . import described
 
 
 def parse_steps(text):
@@ -49,8 +50,8 @@ def main(argv=None, prog=None, doc=__doc__):
     settings.add_arguments(parser)
     args = parser.parse_args(argv)
 
+    from ..evaluate.postprocess import failed_checks
     from ..pipeline import RunConfig, run_steps
-    from ..postprocess import failed_checks
 
     steps = parse_steps(args.steps)
     values, stale = settings.merge(args.output_dir, settings.given_settings(args), settings.reconfigure_requested(args))

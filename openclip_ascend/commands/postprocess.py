@@ -12,12 +12,13 @@ model) fail the check: a warning on stderr and exit code 1.
 import argparse
 import sys
 
-from ..cli import described, print_result
+from ..cli import print_result
+from ..evaluate.metrics import DEFAULT_RECALL_K
+from ..evaluate.postprocess import degenerate_warning, evaluate_folders, retrieval_record, tie_note
 from ..files import write_json
-from ..metrics import DEFAULT_RECALL_K
-from ..postprocess import (degenerate_warning, evaluate_folders, retrieval_record,
-                                         tie_note)
-from ..tables import markdown_table, metrics_line
+from ..markdown import markdown_table
+from ..report.tables import metrics_line
+from . import described
 
 
 def main(argv=None, prog=None):

@@ -26,8 +26,8 @@ the OM was compiled from when it is not the one this command exports.
 
 import argparse
 
-from ..cli import described
-from ..models import DEFAULT_PRETRAINED
+from ..model.loading import DEFAULT_PRETRAINED
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -59,9 +59,16 @@ def main(argv=None, prog=None):
 
     import numpy as np
 
+    from ..evaluate.precision import (
+        export_for_precision,
+        prepare,
+        run_locate,
+        run_locate_dump,
+        run_locate_on_npu,
+        run_search,
+    )
     from ..files import KitError
-    from ..models import onnx_prefix
-    from ..precision import export_for_precision, prepare, run_locate, run_locate_dump, run_locate_on_npu, run_search
+    from ..model.loading import onnx_prefix
 
     if args.samples < 1 or not 0 <= args.recall_bound < 1 or not -1 <= args.min_cosine <= 1:
         raise KitError("--samples must be ≥ 1, --recall-bound in [0, 1) and --min-cosine in [-1, 1]")

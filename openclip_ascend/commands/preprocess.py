@@ -7,8 +7,9 @@
 import argparse
 import sys
 
-from ..cli import described, print_result
-from ..models import TINY_MODEL
+from ..cli import print_result
+from ..model.loading import TINY_MODEL
+from . import described
 
 
 def main(argv=None, prog=None):
@@ -35,14 +36,14 @@ def main(argv=None, prog=None):
                              "(atc --insert_op_conf; convert/onnx2om.py --variant aipp)")
     args = parser.parse_args(argv)
 
-    from ..preprocess import preprocess_dataset
+    from ..data.preprocess import preprocess_dataset
 
     manifest = preprocess_dataset(args.data_dir, args.save_dir, args.model_name, args.pretrained, args.workers,
                                   args.on_error, args.force, args.dataset)
     for entry in manifest.skipped:
         print(f"skipped: {entry['item']}: {entry['reason']}", file=sys.stderr)
     if args.uint8:
-        from ..aipp import prepare_uint8
+        from ..ascend.aipp import prepare_uint8
 
         print(f"uint8 images for AIPP: {prepare_uint8(args.save_dir).parent / 'images_u8'}")
     print_result({"images": len(manifest.images), "captions": len(manifest.captions), "skipped": len(manifest.skipped),

@@ -22,8 +22,8 @@ The pipeline's two halves, as its steps 1 and 5 run them (TASK=zeroshot):
 
 import argparse
 
-from ..cli import described
-from ..backends import BACKENDS
+from ..run.sessions import BACKENDS
+from . import described
 
 RUNNABLE = [backend for backend in BACKENDS if backend != "auto"]
 
@@ -56,8 +56,8 @@ def main(argv=None, prog=None):
 
     from pathlib import Path
 
+    from ..evaluate.zeroshot import evaluate_prepared, load_set, report_accuracy, run_zeroshot, write_prepared
     from ..files import KitError, write_json
-    from ..zeroshot import evaluate_prepared, load_set, report_accuracy, run_zeroshot, write_prepared
 
     if args.prep:
         if not (args.vision_embeds and args.text_embeds and args.results_file):

@@ -1,0 +1,14 @@
+"""How close two sets of embeddings are — the figures every parity check and comparison in the kit reads
+(export against PyTorch, a backend against PyTorch, an OM against ONNX Runtime). Needs numpy only."""
+
+import numpy as np
+
+
+def compare_embeddings(reference, candidate):
+    """max abs diff and min / mean cosine between two (N, D) embedding sets (row i against row i)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    cosine = (reference * candidate).sum(-1) / (
+        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    return {"max_abs_diff": float(np.abs(reference - candidate).max()),
+            "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
