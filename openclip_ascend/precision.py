@@ -200,12 +200,12 @@ class SlicedGraph:
             own = {name for node in nodes for name in node.output}
             made_by.update(dict.fromkeys(own, index))
             carry = {name for name, last in last_read.items() if last > index and made_by.get(name, len(groups)) <= index}
-            reads = dict.fromkeys(name for node in nodes for name in node.input
-                                  if name and name not in own and name not in self.weights)
+            inputs = list(dict.fromkeys(name for node in nodes for name in node.input
+                                        if name and name not in own and name not in self.weights))
             shown = [name for node in nodes for name in node.output if name in exposed]
             outputs = [name for node in nodes for name in node.output if name in carry and name not in shown]
-            weights = sorted({name for node in nodes for name in node.input if name in self.weights})
-            self.slices.append(GraphSlice(nodes, weights, list(reads), outputs + shown, shown, carry))
+            weights_read = sorted({name for node in nodes for name in node.input if name in self.weights})
+            self.slices.append(GraphSlice(nodes, weights_read, inputs, outputs + shown, shown, carry))
         return self.slices
 
     def model_of(self, index):
@@ -267,12 +267,20 @@ def weights_where_read(nodes, weights):
 
 
 def _session(model_proto):
-    """An ONNX Runtime session (the kit's CPU options) on an in-memory graph with any number of outputs."""
+    """An ONNX Runtime session (the kit's CPU options) on an in-memory graph, made from a file: a session
+    made from bytes keeps them for its whole life, a second copy of the weights. Without the memory arena,
+    which would keep each slice session's largest activations for as long as the session lives."""
+    import tempfile
+
+    import onnx
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_proto.SerializeToString(), session_options(),
-                                   providers=["CPUExecutionProvider"])
-    return session
+    options = session_options()
+    options.enable_cpu_mem_arena = False
+    with tempfile.TemporaryDirectory(prefix="openclip_precision_") as folder:
+        path = Path(folder) / "slice.onnx"
+        onnx.save(model_proto, str(path))
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run_slice(session, part, values):
@@ -307,7 +315,7 @@ def run_slice_major(sliced, transforms, batches):
                 result, values[k] = _run_slice(session, part, values[k])
                 outputs.append(result)
             yield part, k, outputs
-        del sessions
+        del sessions  # before the next slice's are made
 
 
 def run_batch_major(sliced, transform, batches):
