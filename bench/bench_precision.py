@@ -85,8 +85,10 @@ def child_run(args):
         run_search(job, args.samples, 0.002, 0.99)
     rows = list(csv.DictReader(open(Path(args.out) / f"node_errors_{args.tower}.csv")))
     jumps = [row for row in rows if row["jump"] == "1"]
-    facts = {"nodes": len(rows), "jumps": len(jumps), "contained": sum(row.get("contained") == "1" for row in rows),
-             "first_jump": ({key: jumps[0].get(key) for key in ("node", "scope", "overflow", "why")} if jumps else None)}
+    contained = [row["node"] for row in rows if row.get("contained") == "1"]
+    facts = {"nodes": len(rows), "jumps": len(jumps), "contained": len(contained), "contained_nodes": contained[:3],
+             "first_jump": ({key: jumps[0].get(key) for key in ("node", "scope", "overflow", "why")} if jumps else None),
+             "last_node": {key: rows[-1][key] for key in ("node", "max_rel_error", "min_cosine")}}
     if args.child == "search":
         record = json.loads((Path(args.out) / f"precision_{args.tower}.json").read_text())
         facts.update({key: record[key] for key in ("found", "keep", "keep_scopes", "fp32", "fp16", "kept",
@@ -122,9 +124,10 @@ def measured(child, kit, facts, **options):
 
 def verdict(action, facts):
     """One line: what locate or search concluded."""
-    jump = facts["first_jump"]
-    located = (f"first jump `{jump['node']}`{' (overflow)' if jump['overflow'] == '1' else ''}" if jump
-               else "no jump") + (f"; {facts['contained']} contained" if facts["contained"] else "")
+    jump, last = facts["first_jump"], facts["last_node"]
+    located = (f"first jump `{jump['node']}`{' (overflow)' if jump['overflow'] == '1' else ''}" if jump else
+               f"no jump (last node: relative error {float(last['max_rel_error']):.2g}, cosine {last['min_cosine']})"
+               ) + (f"; {facts['contained']} contained" if facts["contained"] else "")
     if action == "locate":
         return located
     if not facts["found"]:
@@ -228,11 +231,16 @@ def main():
              "that ran it, imports included; export apart.", "", table, "",
              "Export (once per model, before locate or search in the command; its peak is the command's when larger): "
              + "; ".join(f"{model} {seconds:.0f} s, {peak / 2**30:.2f} GiB" for model, seconds, peak in exports) + "."]
+    contained = {f"`{name}`" for record in records for name in record["kit"]["contained_nodes"]}
+    if contained:
+        lines += ["", "Contained nodes (a large error of their own that their readers do not carry; first three per "
+                  f"run): {', '.join(sorted(contained))}."]
     for record in records:
         if "proof" in record:
             facts = record["proof"]
             lines += ["", f"Planted stem overflow, {record['model']} (stem ×{record['export']['stem_factor']:.0f}): "
-                      f"locate: {facts['located']}; search: {record['kit']['verdict']}. Keep set inside ln_pre: "
+                      f"locate: {facts['located']}; search: {record['kit']['verdict']} "
+                      f"({', '.join(f'`{name}`' for name in record['kit']['keep'])}). Keep set inside ln_pre: "
                       f"{facts['keep_inside_ln_pre']}; recall@5 off fp32 by (image, text retrieval queries) "
                       f"{off_text(facts['queries_off_in_fp16'])} in fp16, {off_text(facts['queries_off_after_keep'])} "
                       f"with the keep set (within one query: {facts['within_one_query']})."]
