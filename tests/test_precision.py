@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from openclip_ascend.ascend.atc import plan_jobs
-from openclip_ascend.evaluate.precision import export_for_precision, prepare, run_search
+from openclip_ascend.evaluate.precision import (NodeError, SlicedGraph, as_is, batches_of, export_for_precision,
+                                                fp16_simulation, locate, mark_jumps, prepare, run_batch_major,
+                                                run_locate, run_search, run_slice_major, traced_nodes)
 from openclip_ascend.files import KitError
-from openclip_ascend.model.export import export_model
+from openclip_ascend.model.export import export_model, round_like_fp16
 from openclip_ascend.model.loading import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +165,7 @@ def test_a_precision_loss_without_overflow_is_located(offset_search):
     jumps = [row for row in rows if row["jump"] == "1"]
     assert jumps, "a loss that breaks the embeddings without overflowing must still be a jump"
     by_name = {row["node"]: row for row in rows}
-    end_of_ln_pre = max(row["depth"] for row in rows if row["scope"] == "ln_pre")
+    end_of_ln_pre = max(row["depth"] for row in rows if row["scope"].split("/")[-1] == "ln_pre")
     assert by_name[offset_add]["depth"] <= jumps[0]["depth"] <= end_of_ln_pre
 
 
@@ -195,3 +198,143 @@ def test_a_keep_file_from_another_graph_never_reaches_atc(tiny_onnx, tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "nodes not in this graph (first: /transformer/resblocks.0/ln_2/Mul)" in result.stderr
     assert not log.exists() or all(json.loads(line)["tool"] != "atc" for line in log.read_text().splitlines())
+
+
+def zero_mean_stem(model):
+    """The stem made zero-mean over channels (the patch filters, the class and every position embedding
+    less their channel mean): ln_pre's mean is ~1e-8 in fp32, so fp16 storage leaves it a huge error
+    relative to itself and a random direction — yet ln_pre subtracts it from values of order 1, where
+    that error is ~1e-4 of them: the near-zero-mean residual stream of a randomly initialised ViT-B-32."""
+    visual = model.visual
+    visual.conv1.weight.sub_(visual.conv1.weight.mean(0, keepdim=True))
+    visual.class_embedding.sub_(visual.class_embedding.mean())
+    visual.positional_embedding.sub_(visual.positional_embedding.mean(1, keepdim=True))
+
+
+def test_a_mean_near_zero_is_contained_not_a_jump(tiny_model, prep_dir, tmp_path):
+    job = planted_job(tiny_model, prep_dir, tmp_path, zero_mean_stem)
+    run_locate(job, samples=4)
+    rows = {row["node"]: row for row in node_rows(tmp_path)}
+    (mean,), (reader,) = ([row for name, row in rows.items() if name.endswith(f"ln_pre/{op}")] for op in ("ReduceMean", "Sub"))
+    # what the arithmetic alone calls a jump: large relative to itself, ≥ 10× its input's, direction lost
+    assert float(mean["max_rel_error"]) > 1 and float(mean["introduced"]) > 100 and float(mean["min_cosine"]) < 0.9
+    assert float(reader["max_rel_error"]) < 0.01 and float(reader["min_cosine"]) > 0.9999  # what ln_pre passes on
+    assert mean["contained"] == "1" and mean["jump"] == "0" and mean["why"].startswith("its readers at most")
+    assert not [row["node"] for row in rows.values() if row["jump"] == "1"]
+    summary = (tmp_path / "node_errors_vision.md").read_text()
+    verdict = summary.split("\n\n")[1]
+    assert verdict.startswith("No node jumps: fp16 is within relative error") and "First jump" not in summary
+    assert f"`{mean['node']}` (ReduceMean)" in summary and "A node **jumps** when" in summary
+
+
+def rule_case(errors, compared=("mean", "reshape", "centre", "square")):
+    """The rule on a four-node graph ``x → mean → reshape → centre (x − it) → square → y`` whose node
+    errors are given as {node: (max_rel, min_cosine, overflow)} (the rest exact); ``compared``: the
+    nodes with a measurement (a dump lacks those atc fused). Returns {node: NodeError}."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], name="mean"),
+             helper.make_node("Reshape", ["m", "shape"], ["r"], name="reshape"),
+             helper.make_node("Sub", ["x", "r"], ["c"], name="centre"),
+             helper.make_node("Mul", ["c", "c"], ["y"], name="square")]
+    graph = helper.make_graph(nodes, "rule", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 1])])
+    measured = []
+    for depth, node in enumerate(nodes):
+        if node.name in compared:
+            rel, cosine, overflow = errors.get(node.name, (0.0, 1.0, False))
+            measured.append(NodeError(node.name, node.op_type, node.output[0], depth, list(node.input),
+                                      max_rel=rel, min_cosine=cosine, overflow=overflow))
+    return {node.name: node for node in mark_jumps(measured, graph, {"m", "r", "c", "y"})}
+
+
+NEAR_ZERO_MEAN = (5.0, -0.2, False)  # large relative to itself, direction lost
+
+
+@pytest.mark.parametrize("errors, compared, jumps, contained", [
+    # the mean's error stops at its reader (the reshape only repeats it): contained, and so is its copy
+    ({"mean": NEAR_ZERO_MEAN, "reshape": NEAR_ZERO_MEAN, "centre": (2e-3, 1.0, False)}, None, [], ["mean", "reshape"]),
+    # the reader carries it: the mean is the jump
+    ({"mean": NEAR_ZERO_MEAN, "reshape": NEAR_ZERO_MEAN, "centre": (0.3, 0.95, False),
+      "square": (0.5, 0.9, False)}, None, ["mean"], []),
+    # an overflow is a jump whatever its readers show
+    ({"mean": (float("inf"), -1.0, True), "reshape": (float("inf"), -1.0, True), "centre": (2e-3, 1.0, False)},
+     None, ["mean"], []),
+    # a dump without the subtraction (fused by atc): the reader past it judges
+    ({"mean": NEAR_ZERO_MEAN, "reshape": NEAR_ZERO_MEAN, "square": (2e-3, 1.0, False)}, ("mean", "reshape", "square"),
+     [], ["mean", "reshape"]),
+    # the tower's output has no reader: its own error is the harm
+    ({"square": (0.3, 0.95, False)}, None, ["square"], []),
+])
+def test_the_jump_rule_judges_a_node_by_what_reaches_its_readers(errors, compared, jumps, contained):
+    nodes = rule_case(errors, *([compared] if compared else []))
+    assert [name for name, node in nodes.items() if node.jump] == jumps
+    assert [name for name, node in nodes.items() if node.contained] == contained
+    if jumps == ["mean"] and not nodes["mean"].overflow:
+        assert nodes["mean"].why.startswith("read by centre")
+
+
+def test_locate_holds_one_slice_at_a_time_and_agrees_with_the_whole_graph(tiny_model, prep_dir, tmp_path):
+    """With a budget a few nodes fill, every slice's weights and one batch of its exposed outputs stay
+    within it (or the slice is one node), and the per-node errors are the whole graph's."""
+    job = planted_job(tiny_model, prep_dir, tmp_path, add_offset)
+    inputs, budget = job.inputs[:4], 256 * 1024
+    sliced = SlicedGraph(job.source, 2)
+    sliced.cut({node.output for node in traced_nodes(sliced.model.graph, sliced.floats)}, budget)
+    assert len(sliced.slices) > 20
+    for part, _, (outputs,) in run_slice_major(sliced, [as_is], batches_of(inputs, 2)):
+        held = sum(outputs[name].nbytes for name in part.exposed) + sum(sliced.nbytes(name) for name in part.weights)
+        assert held <= budget or len(part.nodes) == 1, [node.name for node in part.nodes]
+
+    whole, parts = locate(job.source, inputs, budget=2**40), locate(job.source, inputs, budget=budget)
+    assert [node.name for node in whole] == [node.name for node in parts]
+    for one, other in zip(whole, parts):
+        assert (one.jump, one.contained, one.overflow) == (other.jump, other.contained, other.overflow), one.name
+        assert abs(one.max_rel - other.max_rel) <= 1e-3 * one.max_rel + 1e-9, one.name
+        assert abs(one.min_cosine - other.min_cosine) <= 1e-6, one.name
+    assert any(node.jump for node in parts)
+
+
+def test_a_slice_rounds_the_weights_the_whole_graph_rounds(tmp_path):
+    """A weight read by a kept node and by a rounded one is rounded for both in the whole graph; with
+    the two nodes in different slices, the kept node's slice must round it too."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((4, 4), 1 / 3, np.float32), "w")  # 1/3: not an fp16 number
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="kept"),
+             helper.make_node("MatMul", ["y", "w"], ["z"], name="rounded")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])], [weight])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8), path)
+    x = np.linspace(0.5, 2, 8, dtype=np.float32).reshape(2, 4)
+
+    def whole(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    expected = whole(round_like_fp16(onnx.load(path), {"y", "z"}, keep=["kept"]))
+    assert not np.allclose(expected, whole(onnx.load(path)), rtol=1e-5)  # the rounding shows at this tolerance
+    sliced = SlicedGraph(path, 2)
+    assert len(sliced.cut(set(), budget=1)) == 2
+    (got,) = run_batch_major(sliced, fp16_simulation(sliced, ["kept"]), [x])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_weights_in_external_data_are_read_slice_by_slice(tiny_onnx, prep_dir, tmp_path):
+    """A graph whose weights live in external data (ViT-H-14's vision tower) is loaded without them and
+    each slice reads its own: the same per-node errors as the graph with its weights inside."""
+    import onnx
+
+    inline = f"{tiny_onnx}_vision.onnx"
+    external = tmp_path / "external.onnx"
+    onnx.save(onnx.load(inline), str(external), save_as_external_data=True, location="external.onnx.data")
+    sliced = SlicedGraph(external, 2)
+    assert all(init.data_location == onnx.TensorProto.EXTERNAL for init in sliced.weights.values()
+               if sliced.nbytes(init.name) > 1024)  # loaded as stubs: the weights stay on disk
+    inputs = prepare(tiny_onnx, prep_dir, "vision", tmp_path).inputs[:4]
+    expected, got = locate(inline, inputs), locate(external, inputs, budget=256 * 1024)
+    assert [node.name for node in got] == [node.name for node in expected]
+    assert [node.max_rel for node in got] == pytest.approx([node.max_rel for node in expected], rel=1e-3, abs=1e-9)

@@ -9,9 +9,13 @@ search for the nodes to keep in fp32 (atc --keep_dtype).
 Both export the model's towers to OUTPUT_DIR/models and run them on the CPU: fp32 (the golden run)
 against the kit's fp16 simulation (weights and every intermediate stored in fp16). PREP is step 1's
 folder (its manifest.json). locate writes node_errors_{tower}.csv (every node), .md (the first node
-whose error jumps, the worst module scopes) and .png (error against depth). search also evaluates
-keep sets on the whole PREP set — the other tower in fp32 — and writes keep_dtype_{tower}.cfg (one
-node name per line, for PRECISION=keep:FILE or atc --keep_dtype) and precision_{tower}.json.
+whose error jumps, the worst module scopes) and .png (error against depth). A node jumps when it
+overflows, or when its error grows tenfold over its inputs', is large (relative 0.05 or cosine below
+0.999) and its readers carry it; a large error they do not carry (a mean of values near zero) is listed
+as contained. search also evaluates keep sets on the whole PREP set — the other tower in fp32 — and
+writes keep_dtype_{tower}.cfg (one node name per line, for PRECISION=keep:FILE or atc --keep_dtype)
+and precision_{tower}.json. Both run the graph in slices: memory follows one slice's weights and one
+batch of its outputs, not the model's size.
 
 On an NPU, locate compares the OM's own operator dump with fp32 instead of the simulation:
 

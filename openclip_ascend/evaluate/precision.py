@@ -7,9 +7,12 @@ against fp32, grouped by module scope (``transformer/resblocks.10/ln_2``). ``sea
 scopes kept in fp32 — worst first, by the error each one introduces — until recall@5 and the
 embeddings are back within bounds of fp32, prunes what is not needed, then narrows each kept scope
 to its nodes; the result is an atc ``--keep_dtype`` file.
+
+Both run the graph in slices (``SlicedGraph``): consecutive runs of nodes, each a graph of its own, so
+that memory follows one slice's weights and one batch of its outputs, not the whole model's.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,24 @@ from ..run.runner import embed_all, padded_batches
 from ..run.sessions import OnnxRuntimeSession, session_options
 from .metrics import evaluate_retrieval
 
-# A node's error "jumps" when it overflows where its inputs did not, or when its relative error is
-# JUMP_FACTOR times its inputs' and also large in itself: ≥ JUMP_FLOOR (fp16 storage alone gives ~1e-3;
-# a mean of values near zero reads ~1e-2 relative to its own small scale) or a cosine below JUMP_COSINE.
+# A node's error "jumps" — fp16 does harm there — when it overflows where its inputs did not, or when
+# its relative error is JUMP_FACTOR times its inputs' and large in itself (≥ JUMP_FLOOR: fp16 storage
+# alone gives ~1e-3; or a cosine below JUMP_COSINE) AND that error reaches what reads it: one of its
+# readers is also JUMP_FACTOR above the node's inputs' error and large. An error relative to a value
+# near zero (the mean of a zero-mean residual stream) is large in itself and can be negligible next to
+# the values it is combined with; its readers show whether it is. Such an error is "contained".
 JUMP_FACTOR, JUMP_FLOOR, JUMP_COSINE = 10.0, 0.05, 0.999
+INPUT_ERROR_FLOOR = 1e-4  # an error "over its inputs'" is taken over at least this (exact inputs: 0)
+# Readers found past these see the same values: the reader that judges a node is the first other op
+COPY_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Expand"}
+JUMP_RULE = (f"A node **jumps** when it overflows to inf/NaN where its inputs were finite, or when its relative "
+             f"error (max |fp16 − fp32| over max |fp32| of its output) is ≥ {JUMP_FACTOR:g}× its inputs' and large "
+             f"(≥ {JUMP_FLOOR:g}, or a cosine below {JUMP_COSINE:g}) and reaches what reads it: a reader's error "
+             f"(past reshapes and casts) is also ≥ {JUMP_FACTOR:g}× those inputs' and large, or nothing compared "
+             "reads it (the tower's output). A large error its readers do not carry is **contained** (a mean of "
+             "values near zero: large beside itself, negligible beside the values it is subtracted from): listed, "
+             "not a jump.")
+SLICE_BYTES = 64 * 2**20  # a slice's weights plus one batch of its exposed outputs, per run (fp32 and fp16)
 
 
 def scope_of(node_name):
@@ -49,45 +66,53 @@ class NodeError:
     overflow: bool = False
     introduced: float = 0.0  # relative error over its inputs' worst (how much error this node adds)
     jump: bool = False
+    contained: bool = False  # large and added here, yet not carried by its readers
+    why: str = ""  # what decided a jump or a containment
 
     @property
     def scope(self):
         return scope_of(self.name)
 
+    @property
+    def large(self):
+        return self.max_rel >= JUMP_FLOOR or self.min_cosine < JUMP_COSINE
+
+    @property
+    def harm(self):
+        """The error this node adds where its readers see it: ``introduced``, none when contained."""
+        return 0.0 if self.contained else self.introduced
+
     def update(self, golden, simulated):
-        golden, simulated = golden.astype(np.float64), simulated.astype(np.float64)
-        finite = np.isfinite(golden)
-        self.overflow |= bool((finite & ~np.isfinite(simulated)).any())
-        with np.errstate(invalid="ignore"):  # inf − inf where both overflowed: masked out here
-            diff = np.abs(np.where(finite & np.isfinite(simulated), golden - simulated, 0.0))
-        scale = float(np.abs(golden[finite]).max()) if finite.any() else 0.0
-        self.max_abs = max(self.max_abs, float(diff.max()) if diff.size else 0.0)
-        self.max_rel = max(self.max_rel, float(diff.max()) / scale if scale and diff.size else 0.0)
+        """Fold in one batch: max abs and relative error (over the batch's max |fp32|), min cosine per
+        sample, overflow (finite in fp32, inf/NaN here). Products are summed in float64."""
+        if not golden.size:
+            return
+        extremes = np.array([golden.max(), golden.min(), simulated.max(), simulated.min()], np.float64)
+        if not np.isfinite(extremes).all():
+            # a causal mask's -inf in both, or an overflow: 0 there (an overflow still lowers the cosine)
+            finite = np.isfinite(golden)
+            both = finite & np.isfinite(simulated)
+            self.overflow |= not np.array_equal(both, finite)
+            golden, simulated = np.where(finite, golden, 0), np.where(both, simulated, 0)
+            extremes = np.array([golden.max(), golden.min()], np.float64)
+        if np.abs(extremes).max() > 1e15:  # squares past float32's range
+            golden, simulated = golden.astype(np.float64), simulated.astype(np.float64)
+        diff = golden - simulated
+        error, scale = float(max(diff.max(), -diff.min())), float(max(golden.max(), -golden.min()))
+        self.max_abs = max(self.max_abs, error)
+        self.max_rel = max(self.max_rel, error / scale if scale else 0.0)
         if self.overflow:
             self.max_rel = self.max_abs = float("inf")
-        # cosine over the entries fp32 has finite (a causal mask's -inf are -inf in both); an overflow
-        # counts as 0 there, so it still lowers the cosine
-        both = finite & np.isfinite(simulated)
-        golden, simulated = np.where(finite, golden, 0.0), np.where(both, simulated, 0.0)
-        rows_g = golden.reshape(golden.shape[0], -1) if golden.ndim > 1 else golden.reshape(1, -1)
+        rows_g = golden.reshape(len(golden), -1) if golden.ndim > 1 else golden.reshape(1, -1)
         rows_s = simulated.reshape(rows_g.shape)
-        norms = np.linalg.norm(rows_g, axis=1) * np.linalg.norm(rows_s, axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            cosines = np.where(norms > 0, np.sum(rows_g * rows_s, axis=1) / np.where(norms > 0, norms, 1), 1.0)
-        cosines = np.where(np.isfinite(cosines), cosines, -1.0)
-        self.min_cosine = min(self.min_cosine, float(cosines.min()) if cosines.size else 1.0)
 
+        def dots(a, b):
+            return np.add.reduce(a * b, axis=1, dtype=np.float64)
 
-def onnx_load(source):
-    import onnx
-
-    return onnx.load(str(source))
-
-
-def copy_of(model_proto):
-    model = type(model_proto)()
-    model.CopyFrom(model_proto)
-    return model
+        norms = np.sqrt(dots(rows_g, rows_g) * dots(rows_s, rows_s))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosines = np.where(norms > 0, dots(rows_g, rows_s) / norms, 1.0)
+        self.min_cosine = min(self.min_cosine, float(np.where(np.isfinite(cosines), cosines, -1.0).min()))
 
 
 def traced_nodes(graph, floats):
@@ -101,60 +126,246 @@ def traced_nodes(graph, floats):
     return nodes
 
 
-def _exposing(model_proto, names):
-    """A copy of ``model_proto`` whose graph outputs are its own plus ``names``."""
-    from onnx import TensorProto, helper
+# --- the graph in slices ---------------------------------------------------------------------------
 
-    model = copy_of(model_proto)
-    present = {output.name for output in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                              for name in names if name not in present)
-    return model
+@dataclass
+class GraphSlice:
+    """Consecutive nodes run as a graph of their own."""
+
+    nodes: list  # NodeProtos, in an order that runs
+    weights: list  # the initializers they read
+    inputs: list  # values from earlier slices or the graph's input
+    outputs: list  # what later slices or the graph's output read, then the exposed values
+    exposed: list  # outputs compared here
+    carry: set = field(default_factory=set)  # the values held for later slices once this one ran
+
+
+class SlicedGraph:
+    """The graph at ``source`` cut into slices that run one after another, each holding at most
+    ``budget`` bytes of weights and of one batch of its exposed outputs (a single larger node alone).
+    Running it costs memory for one slice, not for the whole graph and every exposed output at once;
+    weights in external data are read slice by slice. ``batch_size``: the batch the sizes are
+    estimated for (shape inference with it)."""
+
+    def __init__(self, source, batch_size):
+        import onnx
+        from onnx import TensorProto
+
+        from ..model.export import inferred_types
+
+        self.source = Path(source)
+        self.model = onnx.load(str(source), load_external_data=False)
+        graph = self.model.graph
+        self.types = inferred_types(self.model, batch_size)
+        self.input_name, self.output_name = graph.input[0].name, graph.output[0].name
+        inputs = {value.name for value in graph.input}
+        self.floats = {name for name, value in self.types.items()
+                       if value.elem_type == TensorProto.FLOAT and name not in inputs}
+        self.weights = {init.name: init for init in graph.initializer}
+        self.sizes = {name: _value_bytes(value) for name, value in self.types.items()}
+        self.largest = max((size for size in self.sizes.values() if size), default=0)
+        self.slices = []
+
+    def nbytes(self, name):
+        """Bytes of a weight or of a value for one batch; a value of unknown size counts as the largest known."""
+        if name in self.weights:
+            init = self.weights[name]
+            return int(np.prod(init.dims)) * _itemsize(init.data_type)
+        size = self.sizes.get(name)
+        return self.largest if size is None else size
+
+    def cut(self, exposed, budget=SLICE_BYTES):
+        """Slice the graph so that each slice's weights and ``exposed`` outputs stay within ``budget``."""
+        graph = self.model.graph
+
+        def cost(node, weights):
+            return (sum(self.nbytes(name) for name in set(node.input) if name in self.weights and name not in weights)
+                    + sum(self.nbytes(name) for name in node.output if name in exposed))
+
+        groups, current, held, weights = [], [], 0, set()
+        for node in weights_where_read(graph.node, self.weights):
+            if current and held + cost(node, weights) > budget:
+                groups.append(current)
+                current, held, weights = [], 0, set()
+            held += cost(node, weights)
+            current.append(node)
+            weights.update(name for name in node.input if name in self.weights)
+        groups.append(current)
+        last_read = {name: len(groups) for name in (value.name for value in graph.output)}
+        for index, nodes in enumerate(groups):
+            for node in nodes:
+                for name in node.input:
+                    last_read[name] = max(last_read.get(name, index), index)
+        made_by = {value.name: -1 for value in graph.input}
+        self.slices = []
+        for index, nodes in enumerate(groups):
+            own = {name for node in nodes for name in node.output}
+            made_by.update(dict.fromkeys(own, index))
+            carry = {name for name, last in last_read.items() if last > index and made_by.get(name, len(groups)) <= index}
+            inputs = list(dict.fromkeys(name for node in nodes for name in node.input
+                                        if name and name not in own and name not in self.weights))
+            shown = [name for node in nodes for name in node.output if name in exposed]
+            outputs = [name for node in nodes for name in node.output if name in carry and name not in shown]
+            weights_read = sorted({name for node in nodes for name in node.input if name in self.weights})
+            self.slices.append(GraphSlice(nodes, weights_read, inputs, outputs + shown, shown, carry))
+        return self.slices
+
+    def model_of(self, index):
+        """Slice ``index`` as a model of its own, its weights read (from external data where they are)."""
+        from onnx import external_data_helper, helper
+
+        part = self.slices[index]
+
+        def declared(name):
+            return helper.make_tensor_value_info(name, self.types[name].elem_type, None)
+
+        graph = helper.make_graph(part.nodes, f"{self.model.graph.name}_{index}", [declared(n) for n in part.inputs],
+                                  [declared(n) for n in part.outputs], [self.weights[n] for n in part.weights])
+        model = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+        external_data_helper.load_external_data_for_model(model, str(self.source.parent))
+        return model
+
+
+def _itemsize(data_type):
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return tensor_dtype_to_np_dtype(data_type).itemsize
+
+
+def _value_bytes(value):
+    """Bytes of an inferred value (``TypeProto.Tensor``), or None where a dimension is unknown."""
+    dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in value.shape.dim]
+    if not value.HasField("shape") or None in dims:
+        return None
+    return int(np.prod(dims)) * _itemsize(value.elem_type)
+
+
+def weights_where_read(nodes, weights):
+    """``nodes`` in an order that still runs, each node computed from weights alone (a Constant, the
+    exporter's Identity of a shared weight) moved to just before its first reader: a slice then never
+    holds weights for a later one."""
+    known, static = set(weights), {}
+    for index, node in enumerate(nodes):
+        if all(not name or name in known for name in node.input):
+            known.update(node.output)
+            static.update(dict.fromkeys(node.output, index))
+    order, placed = [], set()
+
+    def place(index):
+        if index in placed:
+            return
+        placed.add(index)
+        for name in nodes[index].input:
+            if name in static:
+                place(static[name])
+        order.append(nodes[index])
+
+    for index, node in enumerate(nodes):
+        if not node.output or node.output[0] not in static:
+            place(index)
+    for index in sorted(set(static.values())):  # read by no other node
+        place(index)
+    return order
 
 
 def _session(model_proto):
-    """An ONNX Runtime session (the kit's CPU options) on an in-memory graph with any number of outputs."""
+    """An ONNX Runtime session (the kit's CPU options) on an in-memory graph, made from a file: a session
+    made from bytes keeps them for its whole life, a second copy of the weights. Without the memory arena,
+    which would keep each slice session's largest activations for as long as the session lives. Basic
+    graph optimizations only: the extended ones fuse chains (LayerNorm, GELU) into one fp32 kernel, which
+    skips the rounding between the fused nodes (ONNX Runtime 1.16 even fuses across it into a kernel it
+    then cannot run)."""
+    import tempfile
+
+    import onnx
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_proto.SerializeToString(), session_options(),
-                                   providers=["CPUExecutionProvider"])
-    return session, session.get_inputs()[0].name
+    options = session_options()
+    options.enable_cpu_mem_arena = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(prefix="openclip_precision_") as folder:
+        path = Path(folder) / "slice.onnx"
+        onnx.save(model_proto, str(path))
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _run_all(session, names, batch):
-    session, input_name = session
-    return dict(zip(names, session.run(names, {input_name: batch})))
+def _run_slice(session, part, values):
+    """One slice on ``values`` (holding at least its inputs): (its outputs, the values held after it)."""
+    outputs = dict(zip(part.outputs, session.run(part.outputs, {name: values[name] for name in part.inputs})))
+    return outputs, {name: value for name, value in {**values, **outputs}.items() if name in part.carry}
 
 
-def locate(source, inputs, batch_size=2):
+def as_is(model):
+    return model
+
+
+def fp16_simulation(sliced, keep=()):
+    """What makes a slice of ``sliced`` round like fp16 with ``keep`` in fp32: a weight is rounded in
+    every slice when any node outside ``keep`` reads it, as in the whole graph."""
+    from ..model.export import round_like_fp16, rounded_weights
+
+    rounded = rounded_weights(sliced.model.graph, keep)
+    return lambda model: round_like_fp16(model, sliced.floats, keep, rounded)
+
+
+def run_slice_major(sliced, transforms, batches):
+    """Every batch through one slice before the next, once per transform (``as_is``: fp32; the fp16
+    simulation): yields (slice, batch index, [its outputs in each run]). Only the values later slices
+    read are held between slices; one slice's sessions exist at a time."""
+    held = [[{sliced.input_name: batch} for batch in batches] for _ in transforms]
+    for index, part in enumerate(sliced.slices):
+        sessions = [_session(transform(sliced.model_of(index))) for transform in transforms]
+        for k in range(len(batches)):
+            outputs = []
+            for session, values in zip(sessions, held):
+                result, values[k] = _run_slice(session, part, values[k])
+                outputs.append(result)
+            yield part, k, outputs
+        del sessions  # before the next slice's are made
+
+
+def run_batch_major(sliced, transform, batches):
+    """The graph's output for each batch, run through every slice in turn (one session per slice,
+    made once): memory for one batch, whatever the number of batches."""
+    sessions = [_session(transform(sliced.model_of(index))) for index in range(len(sliced.slices))]
+    for batch in batches:
+        values = {sliced.input_name: batch}
+        for part, session in zip(sliced.slices, sessions):
+            _, values = _run_slice(session, part, values)
+        yield values[sliced.output_name]
+
+
+def batches_of(inputs, batch_size):
+    return [np.ascontiguousarray(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+
+
+def locate(source, inputs, batch_size=2, budget=SLICE_BYTES):
     """Per-node error of the fp16 simulation against fp32 on ``inputs`` (an array of samples); returns
-    the NodeErrors in graph order, with ``introduced`` and each ``jump`` marked."""
-    from ..model.export import float_outputs, round_like_fp16
+    the NodeErrors in graph order, with ``introduced`` and each ``jump`` marked. ``budget``: see
+    ``SlicedGraph``."""
+    sliced = SlicedGraph(source, batch_size)
+    nodes = traced_nodes(sliced.model.graph, sliced.floats)
+    by_output = {node.output: node for node in nodes}
+    sliced.cut(set(by_output), budget)
+    batches = batches_of(inputs, batch_size)
+    runs = run_slice_major(sliced, [as_is, fp16_simulation(sliced)], batches)
+    for part, _, (expected, got) in tqdm(runs, total=len(sliced.slices) * len(batches), desc="locate",
+                                         unit="slice-batch"):
+        for name in part.exposed:
+            by_output[name].update(expected[name], got[name])
+    return mark_jumps(nodes, sliced.model.graph, sliced.floats)
 
-    model, floats = onnx_load(source), float_outputs(source)
-    nodes = traced_nodes(model.graph, floats)
-    names = [node.output for node in nodes]
-    golden = _session(_exposing(model, names))
-    simulated = _session(_exposing(round_like_fp16(model, floats), names))
-    for start in tqdm(range(0, len(inputs), batch_size), desc="locate", unit="batch"):
-        chunk = np.ascontiguousarray(inputs[start:start + batch_size])
-        expected, got = _run_all(golden, names, chunk), _run_all(simulated, names, chunk)
-        for node in nodes:
-            node.update(expected[node.output], got[node.output])
-    return mark_jumps(nodes)
 
-
-def locate_dump(source, batches, dump_folder):
+def locate_dump(source, batches, dump_folder, budget=SLICE_BYTES):
     """Per-node error of an NPU's operator dump against the fp32 graph: ``batches`` are the inputs of
     the dumped executions, in order (the k-th dump of each op is the k-th batch's). Only nodes whose
     output the dump holds are compared (atc fuses others away). Returns (NodeErrors, notes)."""
     from ..ascend.dump import dump_files, outputs_by_node, read_dump_file
-    from ..model.export import float_outputs
 
-    model, floats = onnx_load(source), float_outputs(source)
+    sliced = SlicedGraph(source, len(batches[0]))
     records = [read_dump_file(path) for path in tqdm(dump_files(dump_folder), desc="read dump", unit="file")]
-    dumped, unmatched = outputs_by_node(records, model.graph)
-    traced = traced_nodes(model.graph, floats)
+    dumped, unmatched = outputs_by_node(records, sliced.model.graph)
+    traced = traced_nodes(sliced.model.graph, sliced.floats)
     nodes = [node for node in traced if node.output in dumped]
     if not nodes:
         raise KitError(f"{dump_folder}: no dumped op names a node of {source} (first dumped: "
@@ -163,17 +374,16 @@ def locate_dump(source, batches, dump_folder):
     if executions < len(batches):
         raise KitError(f"{dump_folder}: {executions} dumped executions for {len(batches)} input batches; give the "
                        "inputs of the dumped run only")
-    names = [node.output for node in nodes]
-    golden = _session(_exposing(model, names))
+    by_output = {node.output: node for node in nodes}
+    sliced.cut(set(by_output), budget)
     mismatched = set()
-    for k, batch in enumerate(batches):
-        expected = _run_all(golden, names, np.ascontiguousarray(batch))
-        for node in nodes:
-            got = dumped[node.output][k].array()
-            if got.size != expected[node.output].size:
-                mismatched.add(node.name)
+    for part, k, (expected,) in run_slice_major(sliced, [as_is], [np.ascontiguousarray(b) for b in batches]):
+        for name in part.exposed:
+            got = dumped[name][k].array()
+            if got.size != expected[name].size:
+                mismatched.add(by_output[name].name)
                 continue
-            node.update(expected[node.output], got.reshape(expected[node.output].shape))
+            by_output[name].update(expected[name], got.reshape(expected[name].shape))
     nodes = [node for node in nodes if node.name not in mismatched]
     notes = [f"{len(nodes)} of {len(traced)} float nodes compared with the dump of {len(batches)} execution(s)"
              + ("; the rest were fused or renamed by atc" if len(nodes) < len(traced) else "")]
@@ -184,21 +394,71 @@ def locate_dump(source, batches, dump_folder):
     if mismatched:
         notes.append(f"{len(mismatched)} nodes skipped: the dumped tensor's size differs from the graph's (e.g. "
                      f"`{sorted(mismatched)[0]}`)")
-    return mark_jumps(nodes), notes
+    return mark_jumps(nodes, sliced.model.graph, sliced.floats), notes
 
 
-def mark_jumps(nodes):
-    """Each node's ``introduced`` error (over its inputs' worst) and its ``jump``; returns ``nodes``."""
-    producers = {node.output: node for node in nodes}
+def first_readers(graph, floats, compared):
+    """A function: tensor → the compared nodes that first read its value, past copies and past nodes
+    not compared (atc fused them)."""
+    readers = {}
+    for node in graph.node:
+        if node.output and node.output[0] in floats:
+            for name in set(node.input):
+                readers.setdefault(name, []).append(node)
+
+    def reached(tensor):
+        found, seen, frontier = [], set(), [tensor]
+        while frontier:
+            for node in readers.get(frontier.pop(), ()):
+                if node.output[0] in seen:
+                    continue
+                seen.add(node.output[0])
+                if node.output[0] in compared and node.op_type not in COPY_OPS:
+                    found.append(compared[node.output[0]])
+                else:
+                    frontier.append(node.output[0])
+        return found
+
+    return reached
+
+
+def mark_jumps(nodes, graph, floats):
+    """Each node's ``introduced`` error (over the worst its inputs pass on), ``jump`` and ``contained``
+    by the rule in ``JUMP_RULE``; ``graph``: the whole graph (its readers), ``floats``: its float
+    values. Returns ``nodes``."""
+    compared = {node.output: node for node in nodes}
+    reached = first_readers(graph, floats, compared)
+    passed = {}  # the error each node's readers receive from it: a contained node passes on its inputs'
     for node in nodes:
-        upstream = max((producers[name].max_rel for name in node.inputs if name in producers), default=0.0)
+        upstream = max((passed[name] for name in node.inputs if name in passed), default=0.0)
+        base = max(upstream, INPUT_ERROR_FLOOR)
         if node.overflow:
-            node.introduced = float("inf") if not np.isinf(upstream) else 0.0
+            node.introduced = 0.0 if np.isinf(upstream) else float("inf")
+            node.jump = not np.isinf(upstream)
+            node.why = "overflow: always a jump" if node.jump else ""
         else:
-            node.introduced = node.max_rel / max(upstream, 1e-4)
-        node.jump = bool(not np.isinf(upstream) and (node.overflow or (
-            node.introduced >= JUMP_FACTOR and (node.max_rel >= JUMP_FLOOR or node.min_cosine < JUMP_COSINE))))
+            node.introduced = node.max_rel / base
+            if node.introduced >= JUMP_FACTOR and node.large:
+                readers = reached(node.output)
+                carrier = next((r for r in readers if r.max_rel >= JUMP_FACTOR * base and r.large), None)
+                node.jump = bool(carrier or not readers)
+                node.contained = not node.jump
+                if carrier is not None:
+                    node.why = (f"read by {carrier.name}: relative error {carrier.max_rel:.3g}, "
+                                f"cosine {cosine_text(carrier.min_cosine)}")
+                elif not readers:
+                    node.why = "no compared node reads it (the tower's output): its own error is the harm"
+                else:
+                    worst = max(readers, key=lambda r: r.max_rel)
+                    node.why = (f"its readers at most relative error {worst.max_rel:.3g} "
+                                f"(cosine ≥ {cosine_text(min(r.min_cosine for r in readers))})")
+        passed[node.output] = upstream if node.contained else node.max_rel
     return nodes
+
+
+def cosine_text(cosine):
+    """Six decimals, rounded down: 0.9999996 never reads 1.000000."""
+    return f"{np.floor(cosine * 1e6) / 1e6:.6f}" if np.isfinite(cosine) else str(cosine)
 
 
 def first_jump(nodes):
@@ -206,13 +466,17 @@ def first_jump(nodes):
 
 
 def scope_summary(nodes):
-    """Per scope, in graph order: its worst node, overflow, and the error it introduces."""
+    """Per scope, in graph order: its worst node, overflow, and the error it introduces, over the nodes
+    whose error reaches their readers (the contained ones counted apart)."""
     scopes = {}
     for node in nodes:
-        entry = scopes.setdefault(node.scope, {"scope": node.scope, "nodes": 0, "max_rel": 0.0, "min_cosine": 1.0,
-                                               "overflow": False, "introduced": 0.0, "worst": node.name,
-                                               "first_depth": node.depth})
+        entry = scopes.setdefault(node.scope, {"scope": node.scope, "nodes": 0, "contained": 0, "max_rel": 0.0,
+                                               "min_cosine": 1.0, "overflow": False, "introduced": 0.0,
+                                               "worst": node.name, "first_depth": node.depth})
         entry["nodes"] += 1
+        if node.contained:
+            entry["contained"] += 1
+            continue
         if node.max_rel >= entry["max_rel"]:
             entry["max_rel"], entry["worst"] = node.max_rel, node.name
         entry["min_cosine"] = min(entry["min_cosine"], node.min_cosine)
@@ -236,30 +500,26 @@ class KeepSearch:
     tower and the reference in fp32; recall@5 both ways within ``recall_bound`` of fp32 and the
     tower's embeddings at cosine ≥ ``min_cosine`` to fp32 make a set good enough."""
 
-    def __init__(self, source, inputs, other_embeds, owners, tower, recall_bound, min_cosine, batch_size=16):
+    def __init__(self, source, inputs, other_embeds, owners, tower, recall_bound, min_cosine, batch_size=16,
+                 budget=SLICE_BYTES):
         self.inputs, self.owners, self.tower = inputs, owners, tower
         self.other, self.recall_bound, self.min_cosine, self.batch_size = other_embeds, recall_bound, min_cosine, batch_size
-        from ..model.export import float_outputs
-
-        self.graph, self.floats = onnx_load(source), float_outputs(source)  # read once, rounded per keep set
-        self.output = self.graph.graph.output[0].name
-        self.fp32_embeds = self._embed(_session(self.graph))
+        self.graph = SlicedGraph(source, batch_size)  # read once, its slices rounded per keep set
+        self.graph.cut(set(), budget)
+        self.fp32_embeds = self._embed(as_is)
         self.fp32 = self._metrics(self.fp32_embeds)
         self.evaluations = 0
 
-    def _embed(self, session):
-        return embed_all(lambda batch: _run_all(session, [self.output], batch)[self.output], self.inputs,
-                         self.batch_size)
+    def _embed(self, transform):
+        return np.concatenate(list(run_batch_major(self.graph, transform, batches_of(self.inputs, self.batch_size))))
 
     def _metrics(self, embeds):
         images, texts = (embeds, self.other) if self.tower == "vision" else (self.other, embeds)
         return evaluate_retrieval(images, texts, self.owners).metrics
 
     def evaluate(self, keep):
-        from ..model.export import round_like_fp16
-
         self.evaluations += 1
-        embeds = self._embed(_session(round_like_fp16(copy_of(self.graph), self.floats, keep)))
+        embeds = self._embed(fp16_simulation(self.graph, keep))
         broken = ~np.isfinite(embeds).all(axis=1)  # an overflow reached the embedding: no direction at all
         embeds[broken] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -282,7 +542,7 @@ def search(searcher, nodes, vector_only=False):
     by_scope = {}
     for node in candidates:
         by_scope.setdefault(node.scope, []).append(node)
-    ranked = sorted(by_scope, key=lambda scope: (-max(n.introduced for n in by_scope[scope]),
+    ranked = sorted(by_scope, key=lambda scope: (-max(n.harm for n in by_scope[scope]),
                                                  min(n.depth for n in by_scope[scope])))
     def names(scopes):
         return [node.name for scope in scopes for node in by_scope[scope]]
@@ -331,7 +591,7 @@ def search(searcher, nodes, vector_only=False):
         return [name for group in groups.values() for name in group if name != leaving]
 
     for scope in chosen:  # narrow each scope to its worst nodes: those that overflow first, then by error added
-        ordered = [node.name for node in sorted(by_scope[scope], key=lambda node: (not node.overflow, -node.introduced))]
+        ordered = [node.name for node in sorted(by_scope[scope], key=lambda node: (not node.overflow, -node.harm))]
         for count in range(1, len(ordered)):
             evaluation = searcher.evaluate(kept_names({**kept, scope: ordered[:count]}))
             if evaluation.ok:
@@ -355,36 +615,54 @@ def bought(searcher, result_keep):
 # --- what a person reads -------------------------------------------------------------------------
 
 NODE_COLUMNS = ["depth", "node", "op_type", "scope", "max_abs_error", "max_rel_error", "min_cosine", "overflow",
-                "introduced", "jump"]
+                "introduced", "contained", "jump", "why"]
 
 
 def node_rows(nodes):
     return [[node.depth, node.name, node.op_type, node.scope, f"{node.max_abs:.3e}", f"{node.max_rel:.3e}",
-             f"{node.min_cosine:.6f}", int(node.overflow), f"{node.introduced:.3g}", int(node.jump)] for node in nodes]
+             cosine_text(node.min_cosine), int(node.overflow), f"{node.introduced:.3g}", int(node.contained),
+             int(node.jump), node.why] for node in nodes]
+
+
+def verdict_lines(nodes):
+    """The first jump and why it is one, or that there is none and how close fp16 stays; the contained
+    nodes a reader of the CSV would otherwise take for jumps."""
+    jump = first_jump(nodes)
+    if jump is not None:
+        lines = [f"First jump: **{jump.name}** ({jump.op_type}, scope `{jump.scope}`): relative error "
+                 f"{jump.max_rel:.3g}{' (overflow to inf/NaN)' if jump.overflow else ''}, "
+                 f"{jump.introduced:.3g}× its inputs'; {jump.why}."]
+    else:
+        last = nodes[-1]
+        passed = max((node for node in nodes if not node.contained), key=lambda node: node.max_rel)
+        lines = [f"No node jumps: fp16 is within relative error {last.max_rel:.3g} and cosine {cosine_text(last.min_cosine)} of "
+                 f"fp32 at the last node compared (`{last.name}`); the largest error any node passes on to its readers "
+                 f"is relative {passed.max_rel:.3g} (`{passed.name}`)."]
+    contained = [node for node in nodes if node.contained]
+    if contained:
+        shown = sorted(contained, key=lambda node: -node.max_rel)[:3]
+        lines += ["", f"{len(contained)} node(s) contained — a large error of their own that their readers do not carry:"]
+        lines += [f"- `{node.name}` ({node.op_type}): relative error {node.max_rel:.3g}, cosine {cosine_text(node.min_cosine)}; "
+                  f"{node.why}" for node in shown]
+    return lines
 
 
 def write_locate_report(nodes, out_dir, tower, samples, against="fp16 simulation", notes=()):
-    """``node_errors_{tower}.csv`` (every node), ``.md`` (the first jump and the worst scopes) and
+    """``node_errors_{tower}.csv`` (every node), ``.md`` (the first jump, the rule, the worst scopes) and
     ``.png`` (relative error against depth); ``against`` names what was compared with fp32 (the
     simulation, or an NPU dump); returns the Markdown text."""
     from ..markdown import markdown_table, write_csv
 
     stem = Path(out_dir) / f"node_errors_{tower}"
     write_csv(stem.with_suffix(".csv"), NODE_COLUMNS, node_rows(nodes))
-    jump = first_jump(nodes)
     scopes = sorted(scope_summary(nodes), key=lambda entry: (-entry["introduced"], entry["first_depth"]))
     lines = [f"# {against} against fp32: {tower} tower, {len(nodes)} nodes, {samples} samples", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
-    if jump is None:
-        lines += ["No node's error jumps: fp16 storage costs every node about the same small relative error.", ""]
-    else:
-        lines += [f"First jump: **{jump.name}** ({jump.op_type}, scope `{jump.scope}`): relative error "
-                  f"{jump.max_rel:.3g}{' (overflow to inf/NaN)' if jump.overflow else ''}, "
-                  f"{jump.introduced:.3g}× its inputs'.", ""]
-    rows = [[f"`{e['scope']}`", e["nodes"], f"{e['max_rel']:.3g}", f"{e['min_cosine']:.6f}",
+    lines += verdict_lines(nodes) + ["", JUMP_RULE, ""]
+    rows = [[f"`{e['scope']}`", e["nodes"], e["contained"] or "", f"{e['max_rel']:.3g}", cosine_text(e["min_cosine"]),
              "yes" if e["overflow"] else "", f"{e['introduced']:.3g}", f"`{e['worst']}`"] for e in scopes[:15]]
-    lines += ["Scopes by the error they introduce (worst 15):", "",
-              markdown_table(["scope", "nodes", "max rel error", "min cosine", "overflow", "introduced ×",
+    lines += ["Scopes by the error they introduce where their readers see it (worst 15; contained nodes apart):", "",
+              markdown_table(["scope", "nodes", "contained", "max rel error", "min cosine", "overflow", "introduced ×",
                               "worst node"], rows), "", f"Every node: `{stem.name}.csv`; plot: `{stem.name}.png`."]
     text = "\n".join(lines) + "\n"
     write_text(stem.with_suffix(".md"), text)
@@ -400,8 +678,13 @@ def plot_errors(nodes, path, title):
 
     figure, axis = plt.subplots(figsize=(10, 4), constrained_layout=True)
     finite = [node for node in nodes if np.isfinite(node.max_rel)]
-    axis.semilogy([n.depth for n in finite], [max(n.max_rel, 1e-9) for n in finite], ".", markersize=3,
+    carried = [node for node in finite if not node.contained]
+    axis.semilogy([n.depth for n in carried], [max(n.max_rel, 1e-9) for n in carried], ".", markersize=3,
                   label="max relative error")
+    contained = [node for node in finite if node.contained]
+    if contained:
+        axis.semilogy([n.depth for n in contained], [n.max_rel for n in contained], "o", color="grey", markersize=4,
+                      fillstyle="none", label="contained (its readers do not carry it)")
     overflow = [node.depth for node in nodes if node.overflow]
     if overflow:
         top = max([n.max_rel for n in finite] + [1.0])
@@ -530,7 +813,7 @@ def search_summary(record):
         return f"image R@5 {metrics['image_retrieval_recall@5']:.4f}, text R@5 {metrics['text_retrieval_recall@5']:.4f}"
 
     lines = [f"fp32:       {r5(record['fp32'])}",
-             f"fp16:       {r5(record['fp16'])}, min cosine {record['fp16_min_cosine']:.6f}"]
+             f"fp16:       {r5(record['fp16'])}, min cosine {cosine_text(record['fp16_min_cosine'])}"]
     if not record["keep"] and record["found"]:
         lines.append(f"fp16 is within bounds (recall@5 ±{record['recall_bound']:g}, cosine ≥ {record['min_cosine_bound']:g}): "
                      "nothing to keep in fp32; keep_dtype file left empty")
@@ -538,7 +821,7 @@ def search_summary(record):
         lines.append("no keep set found within bounds among the candidate nodes"
                      + (" (vector ops only: 310P)" if record["vector_ops_only"] else "") + "; keep_dtype file left empty")
     else:
-        lines.append(f"keep fp32: {r5(record['kept'])}, min cosine {record['kept_min_cosine']:.6f} — "
+        lines.append(f"keep fp32: {r5(record['kept'])}, min cosine {cosine_text(record['kept_min_cosine'])} — "
                      f"{len(record['keep'])} nodes in {', '.join(record['keep_scopes'])}")
     if record["recall_bound"] < record["recall_resolution"]:
         lines.append(f"note: one query moves recall by {record['recall_resolution']:.4f} on this set, more than the "

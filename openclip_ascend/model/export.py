@@ -325,26 +325,73 @@ def simulate_fp16(prefix, tower):
     return save_onnx(round_like_fp16(onnx.load(str(source)), float_outputs(source)), fp16_estimate_path(prefix, tower))
 
 
+INLINE_WEIGHT_BYTES = 1024  # onnx's own threshold for external data: smaller tensors (shapes, scalars) stay inline
+
+
+def weightless(model):
+    """``model``'s graph without its weight bytes: every initializer above ``INLINE_WEIGHT_BYTES`` an
+    external-data stub, as ``onnx.load(..., load_external_data=False)`` leaves a large model's. Shape
+    inference serialises what it is given; on this it costs the graph's size, not the weights'."""
+    from onnx import StringStringEntryProto, TensorProto, helper
+
+    graph = model.graph
+    initializers = []
+    for init in graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL or init.ByteSize() <= INLINE_WEIGHT_BYTES:
+            initializers.append(init)
+        else:
+            initializers.append(TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                                            data_location=TensorProto.EXTERNAL,
+                                            external_data=[StringStringEntryProto(key="location", value="")]))
+    skeleton = helper.make_graph(graph.node, graph.name, graph.input, graph.output, initializers)
+    return helper.make_model(skeleton, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def inferred_types(model, batch=None):
+    """{tensor name: its ``TypeProto.Tensor``} for the graph's inputs, outputs and every value a node
+    produces, by shape inference on ``weightless(model)``. ``batch`` sets a symbolic first dimension of
+    the graph's inputs first, so that sizes come out whole."""
+    import onnx
+
+    skeleton = weightless(model)
+    if batch is not None:
+        for graph_input in skeleton.graph.input:
+            dims = graph_input.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = batch
+    graph = onnx.shape_inference.infer_shapes(skeleton, data_prop=batch is not None).graph
+    return {value.name: value.type.tensor_type for value in [*graph.input, *graph.value_info, *graph.output]}
+
+
 def float_outputs(source):
-    """Names of the float tensors the nodes of the graph at ``source`` produce (from shape
-    inference on the graph alone: it refuses a model holding > 2 GB of weights)."""
+    """Names of the float tensors the nodes of the graph at ``source`` produce (shape inference on
+    its structure alone: any model size)."""
     import onnx
     from onnx import TensorProto
 
-    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False)).graph
-    return {v.name for v in list(shapes.value_info) + list(shapes.output)
-            if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    model = onnx.load(str(source), load_external_data=False)
+    inputs = {value.name for value in model.graph.input}
+    return {name for name, value in inferred_types(model).items()
+            if value.elem_type == TensorProto.FLOAT and name not in inputs}
 
 
-def round_like_fp16(model, float_values, keep=()):
+def rounded_weights(graph, keep=()):
+    """The tensors ``round_like_fp16`` rounds when it is given a weight: those a node outside ``keep`` reads."""
+    keep = set(keep)
+    return {name for node in graph.node if node.name not in keep for name in node.input}
+
+
+def round_like_fp16(model, float_values, keep=(), rounded=None):
     """``model`` (changed in place and returned) with the fp16 rounding of ``simulate_fp16``;
     ``float_values`` are ``float_outputs`` of its graph. ``keep``: node names left in fp32 as atc's
-    ``--keep_dtype`` leaves them (their outputs and the weights only they read are not rounded)."""
+    ``--keep_dtype`` leaves them (their outputs and the weights only they read are not rounded).
+    ``rounded``: ``rounded_weights`` of the whole graph when ``model`` is a slice of it (a weight
+    another slice's node reads in fp16 is rounded here too)."""
     from onnx import TensorProto, helper, numpy_helper
 
     keep = set(keep)
     graph = model.graph
-    rounded = {name for node in graph.node if node.name not in keep for name in node.input}
+    rounded = rounded_weights(graph, keep) if rounded is None else rounded
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and init.name in rounded:
             with np.errstate(over="ignore"):  # a weight beyond fp16's range becomes inf, as it would on the NPU
