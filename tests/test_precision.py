@@ -264,8 +264,12 @@ NEAR_ZERO_MEAN = (5.0, -0.2, False)  # large relative to itself, direction lost
     # a dump without the subtraction (fused by atc): the reader past it judges
     ({"mean": NEAR_ZERO_MEAN, "reshape": NEAR_ZERO_MEAN, "square": (2e-3, 1.0, False)}, ("mean", "reshape", "square"),
      [], ["mean", "reshape"]),
-    # the tower's output has no reader: its own error is the harm
-    ({"square": (0.3, 0.95, False)}, None, ["square"], []),
+    # the reader's error is large but under 10× what the subtraction read (the mean's 0.02): it does not carry
+    # the subtraction's own error, which is contained
+    ({"mean": (0.02, 0.9999, False), "reshape": (0.02, 0.9999, False), "centre": (0.5, 0.9, False),
+      "square": (0.1, 0.99, False)}, None, [], ["centre"]),
+    # the tower's output has no reader: its own error is the harm (0.06 from exact inputs: a jump)
+    ({"square": (0.06, 0.99, False)}, None, ["square"], []),
 ])
 def test_the_jump_rule_judges_a_node_by_what_reaches_its_readers(errors, compared, jumps, contained):
     nodes = rule_case(errors, *([compared] if compared else []))
