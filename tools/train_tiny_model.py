@@ -25,7 +25,7 @@ from openclip_ascend.evaluate.metrics import retrieval_metrics  # noqa: E402
 from openclip_ascend.files import atomic_path  # noqa: E402
 from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model, preprocess_config  # noqa: E402
 
-DEMO_SEED = 1234  # openclip_ascend.sample.write_sample_dir's default: never trained on
+DEMO_SEED = 1234  # openclip_ascend.data.sample.write_sample_dir's default: never trained on
 
 
 def encode_scenes(scenes, preprocessor, tokenizer):

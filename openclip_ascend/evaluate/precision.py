@@ -1,6 +1,6 @@
 """Where fp16 breaks a tower, and the smallest set of nodes to keep in fp32 that repairs it.
 
-Both work on the CPU through the kit's fp16 simulation (``export.round_like_fp16``: weights and every
+Both work on the CPU through the kit's fp16 simulation (``model.export.round_like_fp16``: weights and every
 intermediate stored in fp16, arithmetic in fp32). ``locate`` runs the fp32 graph (the golden run) and
 the simulation on the same inputs with every node's output exposed, and reports per node its error
 against fp32, grouped by module scope (``transformer/resblocks.10/ln_2``). ``search`` grows a set of
@@ -116,7 +116,7 @@ class NodeError:
 
 
 def traced_nodes(graph, floats):
-    """The nodes whose float outputs (``floats``: ``export.float_outputs``) the comparison reads, in
+    """The nodes whose float outputs (``floats``: ``model.export.float_outputs``) the comparison reads, in
     graph (topological) order."""
     nodes = []
     for depth, node in enumerate(graph.node):

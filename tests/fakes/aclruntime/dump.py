@@ -1,4 +1,4 @@
-"""The stand-in's operator dump, in the layout CANN writes (the kit's reader, openclip_ascend/npu_dump.py,
+"""The stand-in's operator dump, in the layout CANN writes (the kit's reader, openclip_ascend/ascend/dump.py,
 names its sources): ``{dump_path}/{YYYYMMDDhhmmss}/{device}/{model_name}/{model_id}/{iteration}/``, one
 iteration folder per model execution, then one file per op execution holding a little-endian uint64
 header length, a ``toolkit.dumpdata.DumpData`` protobuf (encoded here by hand, data fields left empty)
