@@ -20,10 +20,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openclip_ascend.data.sample import random_scenes  # noqa: E402
-from openclip_ascend.data.transforms import ImagePreprocessor, Tokenizer  # noqa: E402
+from openclip_ascend.data.transforms import ImagePreprocessor, Tokenizer, preprocess_config  # noqa: E402
 from openclip_ascend.evaluate.metrics import retrieval_metrics  # noqa: E402
 from openclip_ascend.files import atomic_path  # noqa: E402
-from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model, preprocess_config  # noqa: E402
+from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model  # noqa: E402
 
 DEMO_SEED = 1234  # openclip_ascend.data.sample.write_sample_dir's default: never trained on
 
