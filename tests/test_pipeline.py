@@ -292,6 +292,20 @@ def _write_run(folder, pretrained, retrieval="mscoco", zeroshot="imagenet1k", re
         for b in ("ascend", "torch")])
 
 
+def test_the_verdict_names_the_chip_of_an_npu_run_only_when_known(tmp_path):
+    from openclip_ascend.files import read_json, write_json
+    from openclip_ascend.report.writer import write_report
+
+    _write_run(tmp_path, "laion2b_s34b_b79k")
+    results = {**read_json(tmp_path / "results.json"), "backend": "ascend"}
+    write_json(tmp_path / "results.json", results)
+    report = write_report(tmp_path)[0].read_text()
+    assert "| ascend | OM on the NPU |" in report and "| device | NPU |" in report
+    write_json(tmp_path / "results.json", {**results, "convert": {"soc_version": "Ascend910B4"}})
+    report = write_report(tmp_path)[0].read_text()
+    assert "| ascend | OM on the NPU (Ascend910B4) |" in report and "| device | NPU Ascend910B4 |" in report
+
+
 def test_published_figures_sit_beside_the_run_for_the_published_model(tmp_path):
     from openclip_ascend.report.writer import write_report
 

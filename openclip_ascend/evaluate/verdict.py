@@ -19,9 +19,9 @@ BACKEND_NAMES = {"torch": "PyTorch eager on the CPU (the reference)", "onnxrunti
                  "rounding on the CPU (an estimate, not an NPU)"}
 
 
-def describe_backend(backend, device=None):
+def describe_backend(backend, soc_version=None):
     if backend == "ascend":
-        return f"OM on the NPU ({device})" if device else "OM on the NPU"
+        return f"OM on the NPU ({soc_version})" if soc_version else "OM on the NPU"
     return BACKEND_NAMES.get(backend, backend)
 
 

@@ -28,8 +28,7 @@ from .tables import (
 
 PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "Pillow", "torch_npu", "ais_bench",
             "aclruntime")
-PUBLISHED_KEYS = {"retrieval": ("image_retrieval_recall@5", "text_retrieval_recall@5"),
-                  "zeroshot": ("acc1", "acc5", "mean_per_class_recall")}
+PUBLISHED_ZEROSHOT_KEYS = ("acc1", "acc5", "mean_per_class_recall")
 
 
 def machine():
@@ -84,7 +83,7 @@ def _published(results, run_dir):
 
 
 def _published_zeroshot_lines(entries, accuracy):
-    keys = [key for key in PUBLISHED_KEYS["zeroshot"] if any(key in e["metrics"] for e in entries)]
+    keys = [key for key in PUBLISHED_ZEROSHOT_KEYS if any(key in e["metrics"] for e in entries)]
     measured = {}
     for entry in accuracy:  # each backend at its smallest batch size
         measured.setdefault(entry["backend"], entry["metrics"])
@@ -179,10 +178,10 @@ def _weights(results):
     return f"tag `{pretrained}`"
 
 
-def _verdict_section(accuracy, device, published):
+def _verdict_section(accuracy, soc_version, published):
     verdicts = judge(accuracy)
     rows = [[f"**{v['verdict']}**" if v["verdict"] in ("PASS", "FAIL") else v["verdict"], v["backend"],
-             describe_backend(v["backend"], device), span(v["recall"]["image_retrieval_recall@5"]),
+             describe_backend(v["backend"], soc_version), span(v["recall"]["image_retrieval_recall@5"]),
              span(v["recall"]["text_retrieval_recall@5"]),
              "" if v["backend"] == "torch" else f"{v['gap']:.4f}",
              " / ".join(f"{v['min_cosine'][t]:.5f}" for t in ("vision", "text") if t in v["min_cosine"]),
@@ -204,12 +203,12 @@ def _verdict_section(accuracy, device, published):
     return lines + [""]
 
 
-def _what_was_run(results, settings):
+def _what_was_run(results, settings, device):
     rows = [["model", f"{results.get('model_name')}, weights {_weights(results)}"],
             ["data", describe_data(results)]]
     if "zeroshot" in (results.get("preprocess") or {}):
         rows.append(["zero-shot data", describe_data(results, "zeroshot")])
-    rows += [["device", describe_device(results)], ["date", time.strftime("%Y-%m-%d %H:%M")],
+    rows += [["device", device], ["date", time.strftime("%Y-%m-%d %H:%M")],
              ["kit", f"openclip-ascend {__version__}"]]
     named = [f"{env}={value}" for env, value in settings if env in HEADLINE_SETTINGS]
     if named:
@@ -266,8 +265,6 @@ def _throughput_section(performance, published_fps, run_dir):
         lines += ["![throughput against batch size](throughput.png)", ""]
     lines += _published_fps_lines(published_fps)
     if performance.get("profile"):
-        from .writer import profile_section
-
         lines += profile_section(performance["profile"], performance.get("peak_tflops"))
     if performance.get("variants"):
         from .sweep import sweep_section
@@ -365,8 +362,9 @@ def write_report(run_dir, stale=None, settings=()):
                      "trained model's accuracy.", ""]
     sections += _stale_lines(stale)
     if accuracy:
-        sections += _verdict_section(accuracy, device.replace("NPU ", ""), published.get("retrieval", []))
-    sections += _what_was_run(results, settings)
+        soc_version = (results.get("convert") or {}).get("soc_version")
+        sections += _verdict_section(accuracy, soc_version, published.get("retrieval", []))
+    sections += _what_was_run(results, settings, device)
     if accuracy:
         sections += _accuracy_section(accuracy, describe_data(results), run_dir)
     if (run_dir / "aipp_estimate.json").is_file():
