@@ -5,6 +5,7 @@ import signal
 import sys
 
 from .files import KitError
+from .stack import REQUIREMENTS
 
 
 def _terminate(signum, frame):
@@ -15,9 +16,7 @@ def _terminate(signum, frame):
 # 3 an unexpected error (a bug in the kit or a tool it runs: traceback printed), 130 interrupted
 EXIT_CHECK_FAILED, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 130
 # modules the kit imports → the distribution that provides them (requirements.txt)
-DISTRIBUTIONS = {"numpy": "numpy", "PIL": "Pillow", "torch": "torch", "torchvision": "torchvision",
-                 "open_clip": "open_clip_torch", "onnx": "onnx", "onnxruntime": "onnxruntime",
-                 "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib"}
+DISTRIBUTIONS = {{"Pillow": "PIL", "open_clip_torch": "open_clip"}.get(name, name): name for name in REQUIREMENTS}
 
 
 def missing_module_message(exc):

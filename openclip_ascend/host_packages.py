@@ -27,8 +27,9 @@ def torchvision_for(torch_version):
 def constraints(version_of=installed):
     """(constraint lines, notes for the user, error or None) for the Python running this."""
     lines, notes = [], []
+    versions = {name: version_of(name) for name in REQUIREMENTS}
     for name, spec in REQUIREMENTS.items():
-        version = version_of(name)
+        version = versions[name]
         if version is None:
             continue
         if fits(version, spec):
@@ -40,11 +41,12 @@ def constraints(version_of=installed):
                                "range, or run without USE_HOST_PACKAGES (a separate .venv)")
         else:
             notes.append(f"replaced in the venv: {name} {version} is outside {spec}")
-    missing = {name: "" for name in REQUIREMENTS if version_of(name) is None}
-    torch = version_of("torch")
-    if torch and "torchvision" in missing and torchvision_for(torch):
-        lines.append(f"torchvision=={torchvision_for(torch)}")
-        missing["torchvision"] = f" {torchvision_for(torch)} (made for torch {torch})"
+    missing = {name: "" for name, version in versions.items() if version is None}
+    torch = versions["torch"]
+    paired = torchvision_for(torch) if torch else None
+    if paired and "torchvision" in missing:
+        lines.append(f"torchvision=={paired}")
+        missing["torchvision"] = f" {paired} (made for torch {torch})"
     if missing:
         notes.append("to install: " + ", ".join(name + detail for name, detail in missing.items()))
     return lines, notes, None

@@ -537,12 +537,11 @@ def step_performance(config):
         if "devices" in summary:
             per_device.setdefault(backend, {}).setdefault(batch, {})[tower] = {
                 device: entry["throughput"] for device, entry in summary["devices"].items()}
+    noisy = {backend: noisy_cells(by_batch) for backend, by_batch in spreads.items()}
     for backend, by_batch in throughput.items():
-        print(save_table(config.output_dir / f"throughput_{backend}",
-                         *throughput_table(by_batch, noisy_cells(spreads[backend])),
+        print(save_table(config.output_dir / f"throughput_{backend}", *throughput_table(by_batch, noisy[backend]),
                          title=f"Pure-inference throughput, {backend} (fps = 1000 × batch / mean compute ms)"))
-    plot_throughput(throughput, config.output_dir / "throughput.png", _title(config),
-                    {backend: noisy_cells(by_batch) for backend, by_batch in spreads.items()})
+    plot_throughput(throughput, config.output_dir / "throughput.png", _title(config), noisy)
     performance = {"throughput": throughput, "latency_ms": latency, "loops": config.perf_loops,
                    "per_device": per_device, "spread": spreads, "npu_state": npu_state, "npu_warnings": busy}
     if config.profile:
@@ -551,7 +550,7 @@ def step_performance(config):
     if config.variants:
         from .report.sweep import parse_options, run_sweep
 
-        performance["variants"] = run_sweep(config, parse_options(config.variants, config.accuracy_subset, 0.002, 0.99))
+        performance["variants"] = run_sweep(config, parse_options(config.variants, config.accuracy_subset))
     write_json(config.output_dir / "performance.json", performance)
     return performance
 
@@ -606,9 +605,6 @@ def _other_tasks_commands(config, lines):
     return [line for line in lines if task_of(line) not in config.tasks]
 
 
-MODEL_STEPS = (2, 4, 6)  # steps that load the weights (export; the PyTorch reference; profile FLOP)
-
-
 def preflight(config, steps):
     """Everything a run needs, checked before any step runs or anything is written: the steps, the
     NPU tools the chosen backend needs (all missing ones named at once), the data folders, and the
@@ -619,18 +615,18 @@ def preflight(config, steps):
     if unknown:
         raise KitError(f"step {unknown[0]}: the steps are 1–7 ({', '.join(STEP_NAMES.values())})")
     backend, reason = resolve_backend(config.backend)
-    if backend == "ascend" and {3, 4, 6} & set(steps):
+    npu_steps = sorted({3, 4, 6} & set(steps))
+    if backend == "ascend" and npu_steps:
         missing = ascend_tools_missing(config.soc_version)
         if missing:
-            where = f"BACKEND={config.backend} needs the NPU tools for steps {','.join(map(str, sorted({3, 4, 6} & set(steps))))}"
+            where = f"BACKEND={config.backend} needs the NPU tools for steps {','.join(map(str, npu_steps))}"
             raise missing_tools_error([tool + (" (or SOC_VERSION)" if tool == "npu-smi" else "") for tool in missing],
                                       f"{where}, but")
     if 1 in steps:
         _check_data(config)
-    locate_weights(config.model_name, config.pretrained)
+    # the steps that load the weights: export, the PyTorch reference, the profile's FLOP count
     loads_model = 2 in steps or (config.reference and {4, 6} & set(steps)) or (config.profile and 6 in steps)
-    if loads_model:
-        resolve_checkpoint(config.model_name, config.pretrained)
+    (resolve_checkpoint if loads_model else locate_weights)(config.model_name, config.pretrained)
     return backend, reason
 
 

@@ -109,9 +109,9 @@ def text_lengths(text):
 
 
 def precision(text):
-    from .ascend.atc import check_precision_syntax
+    from .ascend.atc import precision_by_tower
 
-    check_precision_syntax(text)
+    precision_by_tower(text)  # ValueError with what is accepted
     return text
 
 
@@ -146,9 +146,6 @@ class Setting:
     help: str
     inverted_flag: bool = False  # --no-reference: the flag sets False
     task: str = None  # the task whose data it names: free to set while the run folder has no such task yet
-
-    def label(self, source):
-        return self.env if source == "env" else self.flag
 
 
 def _settings():
@@ -259,10 +256,11 @@ def given_settings(args, environ=None):
         if isinstance(raw, bool):
             given[setting.field] = (raw, setting.flag)
             continue
+        as_given = f"{label}={raw}" if label == setting.env else f"{label} {raw}"
         try:
-            given[setting.field] = (setting.parse(raw), f"{label}={raw}" if label == setting.env else f"{label} {raw}")
+            given[setting.field] = (setting.parse(raw), as_given)
         except ValueError as exc:
-            raise KitError(f"{label}={raw}: {exc}" if label == setting.env else f"{label} {raw}: {exc}") from exc
+            raise KitError(f"{as_given}: {exc}") from exc
     return given
 
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from openclip_ascend.ascend.atc import plan_jobs
-from openclip_ascend.evaluate.precision import (NodeError, SlicedGraph, as_is, batches_of, export_for_precision,
-                                                fp16_simulation, locate, mark_jumps, prepare, run_batch_major,
-                                                run_locate, run_search, run_slice_major, traced_nodes)
+from openclip_ascend.evaluate.precision import (NodeError, SlicedGraph, as_is, export_for_precision, fp16_simulation,
+                                                locate, mark_jumps, prepare, run_batch_major, run_locate, run_search,
+                                                run_slice_major, traced_nodes)
 from openclip_ascend.files import KitError
 from openclip_ascend.model.export import export_model, round_like_fp16
 from openclip_ascend.model.loading import TINY_MODEL
+from openclip_ascend.run.runner import batches_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = "resblocks.0"  # scopes read transformer/resblocks.0/… (or resblocks.0/… where the pooled rewrite runs the blocks)

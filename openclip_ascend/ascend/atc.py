@@ -207,11 +207,6 @@ def precision_by_tower(value, towers=TOWERS):
     return chosen
 
 
-def check_precision_syntax(value):
-    """The pipeline's PRECISION checked before anything runs (ValueError with what is accepted)."""
-    precision_by_tower(value)
-
-
 def parse_precision(value, graphs):
     """``mixed`` for every graph, or ``vision=mixed,text=fp16`` per tower (a text length variant takes
     the text tower's) → {graph: preset or atc mode}."""

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..files import KitError
+from ..files import KitError, natural_key
 
 AI_CPU = "AI_CPU"
 MSPROF_OPTIONS = ["--task-time=on", "--aicpu=on"]  # what op_statistic / op_summary need, whatever the default
@@ -57,10 +57,6 @@ def msprof_command(out_dir, om, batch, loops, dym_batch=False):
     return ["msprof", f"--output={out_dir}", *MSPROF_OPTIONS, f"--application={application}"]
 
 
-def _natural(path):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
 def summary_parts(collection, table):
     """Every ``{table}`` CSV of one msprof collection (a ``PROF_*`` folder): all slices and iterations, from
     ``mindstudio_profiler_output`` where CANN 8 writes it, else from each ``device_*/summary``."""
@@ -69,7 +65,7 @@ def summary_parts(collection, table):
     folders = [merged] if merged.is_dir() else sorted(collection.glob("device_*/summary"))
     pattern = re.compile(re.escape(table) + SUMMARY_PART)
     return sorted((path for folder in folders for path in folder.glob(f"{table}_*.csv") if pattern.fullmatch(path.name)),
-                  key=_natural)
+                  key=lambda path: natural_key(path.name))
 
 
 def read_csv(path):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..files import KitError, save_npy
 from .dataset import ANNOTATION_FILE, COCO_ANNOTATION_FILE, Problems, image_stem, read_dataset, stem_clash
-from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer
+from .transforms import ImagePreprocessor, PreprocessConfig, Tokenizer, preprocess_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _worker_preprocessor = None
@@ -152,7 +152,6 @@ def preprocess_dataset(data_dir, save_dir, model_name, pretrained=None, workers=
     """Write the arrays and ``manifest.json`` under ``save_dir``; returns the Manifest. ``dataset``:
     flickr30k's layout or CLIP_benchmark's MSCOCO one (``dataset.DATASETS``)."""
     from ..model.loading import model_skeleton
-    from .transforms import preprocess_config
 
     data_dir, save_dir = Path(data_dir), Path(save_dir)
     problems = Problems(on_error)
@@ -210,10 +209,6 @@ def given_examples(model, model_name, pretrained=None, image=None, text=None):
     step 1 makes its arrays."""
     examples = {}
     if image:
-        from PIL import Image
-
-        from .transforms import ImagePreprocessor, preprocess_config
-
         try:
             with Image.open(image) as img:
                 pixels = ImagePreprocessor(preprocess_config(model, model_name, pretrained))(img)
@@ -221,7 +216,5 @@ def given_examples(model, model_name, pretrained=None, image=None, text=None):
             raise KitError(f"--image {image}: cannot be read as an image ({exc}); pass a JPEG or PNG file") from exc
         examples["vision"] = pixels[None]
     if text:
-        from .transforms import Tokenizer
-
         examples["text"] = np.ascontiguousarray(Tokenizer(model_name)([text])[:1])
     return examples

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..agreement import compare_embeddings
 from ..ascend.atc import CUBE_OPS
 from ..files import KitError, atomic_path, write_text
-from ..run.runner import embed_all, padded_batches
+from ..run.runner import batches_of, embed_all, padded_batches
 from ..run.sessions import OnnxRuntimeSession, session_options
 from .metrics import evaluate_retrieval
 
@@ -149,18 +149,15 @@ class SlicedGraph:
 
     def __init__(self, source, batch_size):
         import onnx
-        from onnx import TensorProto
 
-        from ..model.export import inferred_types
+        from ..model.export import float_names, inferred_types
 
         self.source = Path(source)
         self.model = onnx.load(str(source), load_external_data=False)
         graph = self.model.graph
         self.types = inferred_types(self.model, batch_size)
         self.input_name, self.output_name = graph.input[0].name, graph.output[0].name
-        inputs = {value.name for value in graph.input}
-        self.floats = {name for name, value in self.types.items()
-                       if value.elem_type == TensorProto.FLOAT and name not in inputs}
+        self.floats = float_names(graph, self.types)
         self.weights = {init.name: init for init in graph.initializer}
         self.sizes = {name: _value_bytes(value) for name, value in self.types.items()}
         self.largest = max((size for size in self.sizes.values() if size), default=0)
@@ -333,10 +330,6 @@ def run_batch_major(sliced, transform, batches):
         for part, session in zip(sliced.slices, sessions):
             _, values = _run_slice(session, part, values)
         yield values[sliced.output_name]
-
-
-def batches_of(inputs, batch_size):
-    return [np.ascontiguousarray(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
 
 
 def locate(source, inputs, batch_size=2, budget=SLICE_BYTES):

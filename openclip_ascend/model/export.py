@@ -367,12 +367,17 @@ def float_outputs(source):
     """Names of the float tensors the nodes of the graph at ``source`` produce (shape inference on
     its structure alone: any model size)."""
     import onnx
-    from onnx import TensorProto
 
     model = onnx.load(str(source), load_external_data=False)
-    inputs = {value.name for value in model.graph.input}
-    return {name for name, value in inferred_types(model).items()
-            if value.elem_type == TensorProto.FLOAT and name not in inputs}
+    return float_names(model.graph, inferred_types(model))
+
+
+def float_names(graph, types):
+    """The float tensors among ``types`` (``inferred_types`` of ``graph``'s model) that nodes produce."""
+    from onnx import TensorProto
+
+    inputs = {value.name for value in graph.input}
+    return {name for name, value in types.items() if value.elem_type == TensorProto.FLOAT and name not in inputs}
 
 
 def rounded_weights(graph, keep=()):

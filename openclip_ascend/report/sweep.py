@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluate.verdict import MIN_COSINE, RECALL_BOUND, RECALL_KEYS
 from ..files import KitError, write_json
 from ..markdown import markdown_table, save_table
 
-RECALL_KEYS = ("image_retrieval_recall@5", "text_retrieval_recall@5")
 E_CODE = re.compile(r"\b(E[A-Z]?\d{4,5})\b")
 
 
@@ -29,8 +29,8 @@ E_CODE = re.compile(r"\b(E[A-Z]?\d{4,5})\b")
 class SweepOptions:
     variants: list  # atc_presets.Variant
     accuracy_subset: int = 200  # images (with all their captions); 0: the whole set
-    recall_bound: float = 0.002
-    min_cosine: float = 0.99
+    recall_bound: float = RECALL_BOUND  # the verdict's bounds, without its one-query allowance
+    min_cosine: float = MIN_COSINE
 
 
 def om_embeddings(om, inputs, device=0, uint8_inputs=None):
@@ -314,9 +314,9 @@ def sweep_section(record):
     return lines
 
 
-def parse_options(variants, accuracy_subset, recall_bound, min_cosine):
+def parse_options(variants, accuracy_subset):
     from ..ascend.atc_presets import parse_variants
 
-    if accuracy_subset < 0 or not 0 <= recall_bound < 1:
-        raise KitError("--accuracy-subset must be ≥ 0 (0: the whole set) and the recall bound in [0, 1)")
-    return SweepOptions(parse_variants(variants), accuracy_subset, recall_bound, min_cosine)
+    if accuracy_subset < 0:
+        raise KitError("--accuracy-subset must be ≥ 0 (0: the whole set)")
+    return SweepOptions(parse_variants(variants), accuracy_subset)

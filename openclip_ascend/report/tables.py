@@ -1,7 +1,5 @@
 """Result tables as Markdown (for a README), CSV (for a spreadsheet) and the terminal."""
 
-
-
 RECALL_COLUMNS = [(f"{direction}_retrieval_recall@{k}", f"{label} R@{k}")
                   for direction, label in (("image", "image"), ("text", "text")) for k in (1, 5, 10)]
 

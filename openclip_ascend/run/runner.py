@@ -364,10 +364,14 @@ def infer_devices(session_args, devices, input=None, output=None, output_dirname
     return summary
 
 
+def batches_of(inputs, batch_size):
+    """``inputs`` in batches of ``batch_size`` (the last may be smaller), each contiguous."""
+    return [np.ascontiguousarray(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+
+
 def embed_all(run, inputs, batch_size):
     """``run`` over ``inputs`` in batches, the outputs concatenated."""
-    return np.concatenate([run(np.ascontiguousarray(inputs[i:i + batch_size]))
-                           for i in range(0, len(inputs), batch_size)])
+    return np.concatenate([run(batch) for batch in batches_of(inputs, batch_size)])
 
 
 def padded_batches(inputs, size):

@@ -197,7 +197,7 @@ class AscendSession:
         path = Path(path)
         if not path.is_file():
             raise KitError(f"{path}: OM model not found; compile it with convert/onnx2om.py")
-        # acl_json_path: an acl.json that turns on the operator dump (npu_dump.write_acl_json)
+        # acl_json_path: an acl.json that turns on the operator dump (ascend.dump.write_acl_json)
         self.session = ais_bench_infer_session()(int(device_id), str(path),
                                                  acl_json_path=str(acl_json_path) if acl_json_path else None)
         try:

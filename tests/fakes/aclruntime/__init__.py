@@ -173,11 +173,8 @@ class InferenceSession:
             array = _aipp(array, self.aipp)
         graph_feed = {self.model.session.get_inputs()[0].name: array}
         start = time.perf_counter()
-        if self.dumper:
-            values = self.model.values(graph_feed)
-            outputs = [values[name] for name in self.model.output_names]
-        else:
-            outputs = self.model.run(graph_feed)
+        values = self.model.values(graph_feed)
+        outputs = [values[name] for name in self.model.output_names]
         end = time.perf_counter()
         elapsed = (end - start) * 1000.0 if self.fixed_ms is None else self.fixed_ms * self.batch
         self.exec_time_list.append((start * 1000.0, start * 1000.0 + elapsed) if self.pairs else elapsed)

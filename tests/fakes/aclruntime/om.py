@@ -132,20 +132,21 @@ def expose(model, names):
 
 
 class CompiledModel:
-    """The OM's computation: ``run(feed)`` → its outputs; ``values(feed)`` → every value of the original
-    graph as the OM holds it (for the operator dump); ``stored`` → the precision each value is stored in."""
+    """The OM's computation: ``values(feed)`` → its outputs (``output_names``) and, with ``expose_all``, every
+    value of the original graph as the OM holds it (for the operator dump); ``stored`` → the precision each
+    value is stored in."""
 
     def __init__(self, om, expose_all=False):
         import onnx
         import onnxruntime as ort
 
         source = onnx.load(om["onnx"])
-        self.graph = onnx.load(om["onnx"]).graph  # the original nodes, for the dump's op list
+        # what the original nodes produce, named before at_precision rewrites the graph in place
+        produced = [name for node in source.graph.node if node.op_type != "Constant" for name in node.output if name]
         self.precision = Precision(om["flags"])
         model, self.stored = at_precision(source, self.precision)
         self.output_names = [output.name for output in model.graph.output]
         if expose_all:
-            produced = [name for node in self.graph.node if node.op_type != "Constant" for name in node.output if name]
             model = expose(model, produced)
         options = ort.SessionOptions()
         # a Cast pair is not lossless: ONNX Runtime's optimiser must not fold it away
@@ -156,7 +157,3 @@ class CompiledModel:
     def values(self, feed):
         with np.errstate(over="ignore"):
             return dict(zip(self.all_names, self.session.run(None, feed)))
-
-    def run(self, feed):
-        values = self.values(feed)
-        return [values[name] for name in self.output_names]
