@@ -2,6 +2,7 @@
 
 import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def stand_in_env(tmp_path_factory):
                 "LD_LIBRARY_PATH": f"{toolkit / 'lib64'}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}", **extra}
 
     return env
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory):
+    """A folder for the files one test module shares, removed when the module is done: full-size exports
+    are hundreds of MB each, and a folder kept to the end of the run adds to every later module's disk."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

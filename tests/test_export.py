@@ -32,9 +32,9 @@ def assert_contract(prefix, tower, tail_shape, width):
 
 
 @pytest.fixture(scope="module")
-def vit_b_32(tmp_path_factory):
+def vit_b_32(module_dir):
     model = load_model("ViT-B-32")  # real architecture, random weights
-    prefix = tmp_path_factory.mktemp("vitb32") / "vit_b_32"
+    prefix = module_dir / "vit_b_32"
     return model, prefix, export_model(model, prefix)
 
 
@@ -322,7 +322,7 @@ def test_npu_graph_options_keep_the_embeddings_and_compile(tiny_model, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def vit_b_32_two_layers(tmp_path_factory):
+def vit_b_32_two_layers(module_dir):
     """ViT-B-32's geometry (50 tokens of width 768 in 12 heads; text 77 × 512 in 8) in two blocks a tower: what
     the options change does not depend on depth."""
     import open_clip
@@ -330,7 +330,7 @@ def vit_b_32_two_layers(tmp_path_factory):
     cfg = open_clip.get_model_config("ViT-B-32")
     model = load_model("ViT-B-32", vision_cfg={**cfg["vision_cfg"], "layers": 2},
                        text_cfg={**cfg["text_cfg"], "layers": 2})
-    prefix = tmp_path_factory.mktemp("vitb32_2") / "m"
+    prefix = module_dir / "two_layers"
     export_model(model, prefix, check=False)
     return model, prefix
 
