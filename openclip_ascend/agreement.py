@@ -5,10 +5,14 @@ import numpy as np
 
 
 def compare_embeddings(reference, candidate):
-    """max abs diff and min / mean cosine between two (N, D) embedding sets (row i against row i)."""
+    """max abs diff and min / mean cosine between two (N, D) embedding sets (row i against row i). A row with
+    no direction (all zeros, NaN or Inf) is at cosine -1, the worst there is: a NaN would pass every
+    ``cosine < bound`` check and vanish from ``min``."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
-    cosine = (reference * candidate).sum(-1) / (
-        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = (reference * candidate).sum(-1) / (
+            np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    cosine = np.where(np.isfinite(cosine), cosine, -1.0)
     return {"max_abs_diff": float(np.abs(reference - candidate).max()),
             "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}

@@ -1,8 +1,10 @@
 """The report's rules for reading tables at a glance: the verdict against PyTorch, identical rows collapsed, ties
 said once per metric, and best figures never marked on noisy timings."""
 
+import numpy as np
 import pytest
 
+from openclip_ascend.agreement import compare_embeddings
 from openclip_ascend.evaluate.verdict import FAIL, PASS, judge
 from openclip_ascend.report.tables import collapse_batches, throughput_table, tie_summary, tower_throughput_table
 
@@ -35,7 +37,23 @@ def test_the_verdict_holds_at_every_batch_size_and_says_so_without_a_reference()
                 entry("ascend", 1, 0.918, 0.94), entry("ascend", 8, 0.900, 0.94)]
     (ascend,) = [v for v in judge(accuracy) if v["backend"] == "ascend"]
     assert ascend["verdict"] == FAIL and ascend["reasons"] == ["bs 8: image R@5 -0.0180 against PyTorch"]
-    assert judge([entry("ascend", 4, 0.9, 0.9)])[0]["verdict"] == "not judged"
+    assert ascend["gap"] == pytest.approx(0.018)
+    (alone,) = judge([entry("ascend", 4, 0.9, 0.9)])
+    assert alone["verdict"] == "not judged" and alone["gap"] is None  # nothing compared: no gap, not a 0
+
+
+@pytest.mark.parametrize("broken", [0.0, float("nan"), float("inf")])
+def test_an_embedding_without_direction_fails_the_verdict(broken):
+    """A zero, NaN or Inf row has no cosine to anything: it is the worst (-1), never a NaN that passes every
+    bound and drops out of the minimum."""
+    reference = np.eye(4, 8)
+    candidate = reference.copy()
+    candidate[2] = broken
+    cosine = compare_embeddings(reference, candidate)["min_cosine"]
+    assert cosine == -1.0
+    accuracy = [entry("torch", 4, 0.918, 0.940), entry("ascend", 4, 0.918, 0.940, cosine)]
+    (ascend,) = [v for v in judge(accuracy) if v["backend"] == "ascend"]
+    assert ascend["verdict"] == FAIL and ascend["min_cosine"]["vision"] == -1.0
 
 
 def test_identical_rows_are_collapsed_and_different_ones_kept():

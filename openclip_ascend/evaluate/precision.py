@@ -517,7 +517,7 @@ class KeepSearch:
         embeds[broken] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             metrics = self._metrics(embeds)
-            cosine = float(np.nan_to_num(compare_embeddings(self.fp32_embeds, embeds)["min_cosine"], nan=-1.0))
+            cosine = compare_embeddings(self.fp32_embeds, embeds)["min_cosine"]
         within = all(abs(metrics[key] - self.fp32[key]) <= self.recall_bound + 1e-12 for key in self.fp32
                      if "@5" in key)
         return Evaluation(sorted(keep), metrics, cosine, within and cosine >= self.min_cosine)

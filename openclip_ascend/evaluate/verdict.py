@@ -37,12 +37,13 @@ def _queries(entry, key):
 
 def judge(accuracy):
     """[{backend, verdict, batch_sizes, recall {key: (low, high)}, gap, min_cosine {tower}, reasons}] for
-    step 5's entries (``accuracy.json``), in their backend order."""
+    step 5's entries (``accuracy.json``), in their backend order. ``gap`` is the largest recall@5 difference
+    to PyTorch, None where nothing was compared (a 0 there would read as a perfect match)."""
     reference = {e["batch_size"]: e for e in accuracy if e["backend"] == REFERENCE}
     verdicts = {}
     for entry in accuracy:
         record = verdicts.setdefault(entry["backend"], {"backend": entry["backend"], "batch_sizes": [], "recall": {},
-                                                        "gap": 0.0, "min_cosine": {}, "reasons": [],
+                                                        "gap": None, "min_cosine": {}, "reasons": [],
                                                         "judged": entry["backend"] != REFERENCE})
         batch = entry["batch_size"]
         record["batch_sizes"].append(batch)
@@ -60,7 +61,7 @@ def judge(accuracy):
             continue
         for key in RECALL_KEYS:
             gap = entry["metrics"][key] - base["metrics"][key]
-            record["gap"] = max(record["gap"], abs(gap))
+            record["gap"] = max(record["gap"] or 0.0, abs(gap))
             if not within(entry["metrics"][key], base["metrics"][key], _queries(entry, key)):
                 record["reasons"].append(f"bs{batch}: {key.split('_')[0]} R@5 {gap:+.4f} against PyTorch")
         for tower, agreement in (entry.get("agreement") or {}).items():

@@ -183,7 +183,7 @@ def _verdict_section(accuracy, soc_version, published):
     rows = [[f"**{v['verdict']}**" if v["verdict"] in ("PASS", "FAIL") else v["verdict"], v["backend"],
              describe_backend(v["backend"], soc_version), span(v["recall"]["image_retrieval_recall@5"]),
              span(v["recall"]["text_retrieval_recall@5"]),
-             "" if v["backend"] == "torch" else f"{v['gap']:.4f}",
+             "" if v["gap"] is None else f"{v['gap']:.4f}",  # nothing compared: no gap to show
              " / ".join(f"{v['min_cosine'][t]:.5f}" for t in ("vision", "text") if t in v["min_cosine"]),
              ", ".join(map(str, v["batch_sizes"]))] for v in verdicts]
     lines = ["## Verdict", "", markdown_table(["verdict", "backend", "what it is", "image R@5", "text R@5",
