@@ -134,6 +134,18 @@ def test_pipeline_task_zeroshot_takes_data_dir_as_the_classes(colours, tmp_path)
     assert "--templates" in results["commands"]["preprocess"][0] and not (tmp_path / "run" / "prep").exists()
 
 
+def test_a_class_whose_prompts_embed_to_zero_wins_nothing():
+    """Class 1's prompts embed to zero (a broken text tower): its weights stay zero and its images tie at best,
+    counted against them — a NaN class would have 'won' every one of its images."""
+    text = np.repeat(np.eye(3, dtype=np.float32), 2, axis=0)  # 3 classes × 2 templates
+    text[2:4] = 0.0
+    weights = classifier(text, 3, 2)
+    assert np.isfinite(weights).all() and not weights[1].any()
+    images = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    metrics, tied = classify(images, weights, [0, 1, 2])
+    assert metrics["acc1"] == pytest.approx(2 / 3) and metrics["mean_per_class_recall"] == pytest.approx(2 / 3)
+
+
 def test_mean_per_class_recall_is_over_the_classes_present():
     """Five classes, images of classes 0 and 2 only, some predicted as absent classes 1 and 3: the mean of
     the two present classes' recalls (2/3 and 1/2), as sklearn's balanced accuracy (CLIP_benchmark's) —

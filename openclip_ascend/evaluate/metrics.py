@@ -41,7 +41,7 @@ class RetrievalResult:
         return bool(self.problems)
 
 
-def _normalised(x):
+def normalised(x):
     """torch.nn.functional.normalize: x / max(||x||, 1e-12)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -78,8 +78,8 @@ def _bounds(scores, text_to_image, ks, tolerance=0.0):
 
 
 def _scores(image_embeds, text_embeds):
-    image_embeds = _normalised(np.asarray(image_embeds, dtype=np.float32))
-    text_embeds = _normalised(np.asarray(text_embeds, dtype=np.float32))
+    image_embeds = normalised(np.asarray(image_embeds, dtype=np.float32))
+    text_embeds = normalised(np.asarray(text_embeds, dtype=np.float32))
     return text_embeds @ image_embeds.T  # (texts, images)
 
 

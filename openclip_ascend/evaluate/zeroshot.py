@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import KitError, read_json, save_npy, write_json
+from .metrics import normalised
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 BUILTIN = Path(__file__).resolve().parents[1] / "assets" / "zeroshot_datasets.json"
@@ -97,19 +98,16 @@ def prompts(classnames, templates):
 
 
 def classifier(text_embeds, classes, templates_per_class):
-    """(C, D): per class the templates' embeddings normalised, averaged, normalised."""
+    """(C, D): per class the templates' embeddings normalised, averaged, normalised (as F.normalize does: a zero
+    row stays zero, so its class ties with every other rather than turning NaN and winning every comparison)."""
     embeds = np.asarray(text_embeds, dtype=np.float32).reshape(classes, templates_per_class, -1)
-    embeds = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
-    mean = embeds.mean(axis=1)
-    return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+    return normalised(normalised(embeds).mean(axis=1))
 
 
 def classify(image_embeds, weights, labels):
     """CLIP_benchmark's metrics from the logits ``image_embeds @ weights.T``; ties count against the
     true class. Returns (metrics, tied images)."""
-    images = np.asarray(image_embeds, dtype=np.float32)
-    images = images / np.maximum(np.linalg.norm(images, axis=-1, keepdims=True), 1e-12)
-    logits = images @ weights.T
+    logits = normalised(np.asarray(image_embeds, dtype=np.float32)) @ weights.T
     labels = np.asarray(labels)
     true = logits[np.arange(len(labels)), labels][:, None]
     above = (logits > true).sum(axis=1)
