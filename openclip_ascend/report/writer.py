@@ -67,9 +67,13 @@ def versions():
 
 
 def _dataset(results, task):
-    """The data set step 1 prepared for ``task`` (retrieval before tasks were recorded: flickr30k)."""
-    recorded = ((results.get("preprocess") or {}).get(task) or {}).get("dataset")
-    return recorded or ("flickr30k" if task == "retrieval" else "classification")
+    """The data set step 1 prepared for ``task``, named for what it is: the generated sample has flickr30k's
+    layout, not its images, so no figure published for flickr30k applies to it (retrieval before tasks were
+    recorded: flickr30k)."""
+    prepared = (results.get("preprocess") or {}).get(task) or {}
+    if prepared.get("generated"):
+        return "generated flickr-style sample"
+    return prepared.get("dataset") or ("flickr30k" if task == "retrieval" else "classification")
 
 
 def _published(results, run_dir):
@@ -153,8 +157,7 @@ def describe_data(results, task="retrieval"):
     if task == "zeroshot":
         return (f"{prepared.get('dataset', 'classification')} ({prepared.get('images', '?')} images, "
                 f"{prepared.get('classes', '?')} classes)")
-    name = "generated flickr-style sample" if prepared.get("generated") else _dataset(results, task)
-    return f"{name} ({prepared.get('images', '?')} images, {prepared.get('captions', '?')} captions)"
+    return f"{_dataset(results, task)} ({prepared.get('images', '?')} images, {prepared.get('captions', '?')} captions)"
 
 
 def describe_device(results):
