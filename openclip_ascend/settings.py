@@ -343,11 +343,18 @@ def _same(old, new):
     return old == new
 
 
+def _is_set(field, value):
+    """Not empty and not the off value a setting starts at (INT8=0, PERF_BUDGET=0). An off value whose default
+    is on (REFERENCE=0) and a 0 that means every item (ACCURACY_SUBSET=0) are settings a rerun needs."""
+    default = BY_FIELD[field].default
+    return value not in (None, [], "") and (bool(default) or value != default)
+
+
 def recorded(output_dir):
     """(variable, value as it would be set) for every setting the run folder recorded and that is set."""
     values = (stored(output_dir) or {}).get("settings", {})
     return [(BY_FIELD[field].env, shown(value)) for field, value in values.items()
-            if field in BY_FIELD and value not in (None, False, [], "")]
+            if field in BY_FIELD and _is_set(field, value)]
 
 
 def record(config, steps_done=()):

@@ -130,6 +130,17 @@ def test_another_task_joins_the_run_without_a_conflict(tmp_path):
     assert settings.merge(tmp_path, {})[0]["tasks"] == ["retrieval", "zeroshot"]  # later steps: both tasks
 
 
+def test_the_report_lists_every_setting_a_rerun_needs(tmp_path):
+    """An off value whose default is on (REFERENCE=0) and ACCURACY_SUBSET=0 (every image) change the run: they
+    are listed; an off value a setting starts at (INT8=0, PERF_BUDGET=0) is not."""
+    from openclip_ascend.pipeline import RunConfig
+
+    settings.record(RunConfig(tmp_path, backend="onnxruntime", reference=False, accuracy_subset=0, perf_loops=20), [1])
+    listed = dict(settings.recorded(tmp_path))
+    assert listed["REFERENCE"] == "0" and listed["ACCURACY_SUBSET"] == "0" and listed["PERF_LOOPS"] == "20"
+    assert "INT8" not in listed and "PERF_BUDGET" not in listed and listed["BACKEND"] == "onnxruntime"
+
+
 def test_auto_is_compared_as_the_backend_it_resolves_to(tmp_path, monkeypatch):
     from openclip_ascend.pipeline import RunConfig
 
