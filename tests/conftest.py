@@ -42,10 +42,13 @@ def stand_in_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def module_dir(request, tmp_path_factory):
     """A folder for the files one test module shares, removed when the module is done: full-size exports
-    are hundreds of MB each, and a folder kept to the end of the run adds to every later module's disk."""
+    are hundreds of MB each, and a folder kept to the end of the run adds to every later module's disk. Kept
+    when a test failed meanwhile, as pytest keeps a failing test's own folder."""
+    failed_before = request.session.testsfailed
     path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

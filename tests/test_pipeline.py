@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo(module_dir):
-    out = module_dir
+    out = module_dir / "demo"
     options = dict(batch_sizes=(1, 4), workers=2, perf_loops=3, backend="onnxruntime", int8=True, fp16_estimate=True)
     run_steps(RunConfig(out, **options))
     # zero-shot on the colour sample into the same folder afterwards: one report, both tasks

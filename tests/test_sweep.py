@@ -147,7 +147,8 @@ def test_each_accuracy_bound_decides_on_both_sides(field, value, kept):
     rows = [_row("safe", 1, 100), _row("safe", 8, 200), _row("fast", 1, 150, **{field: value}), _row("fast", 8, 300)]
     chosen, _, summary = choose(rows, reference, SweepOptions([], recall_bound=0.002, min_cosine=0.99))
     assert summary["fast"]["ok"] is kept and summary["safe"]["ok"]
-    assert chosen == {"vision": "fast", "text": "fast"} if kept else {"vision": "safe", "text": "safe"}
+    expected = "fast" if kept else "safe"
+    assert chosen == {"vision": expected, "text": expected}
 
 
 def test_each_tower_is_chosen_on_its_own():
