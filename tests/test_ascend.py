@@ -392,6 +392,26 @@ def test_om_outputs_are_each_files_embedding_at_the_compiled_precision(front_end
     same_embeddings(tmp_path / "om32", tmp_path / "onnx", prep_dir / "manifest.json", "fp32")
 
 
+@pytest.mark.parametrize("mode", ["allow_fp32_to_bf16", "allow_mix_precision_bf16"])
+def test_a_bf16_om_computes_in_bf16(tools, tiny_model, tiny_onnx, tmp_path, mode):
+    """bfloat16 keeps 8 significant bits: a bf16 OM's embeddings are visibly off fp32's, yet the same model's
+    (ONNX Runtime before 1.17 dropped the Cast pair the stand-in rounds with: bf16 OMs computed fp32 there)."""
+    from conftest import PRECISION_BOUNDS
+
+    from openclip_ascend.agreement import compare_embeddings
+    from openclip_ascend.model.towers import example_inputs
+
+    (job,) = run_jobs(plan_jobs(tiny_onnx, ["text"], [4], "Ascend910B4", tmp_path, precision_mode=mode))
+    tokens = example_inputs(tiny_model, "text", 4, seed=3)
+    session = AscendSession(job.om)
+    try:
+        om = session.run(tokens)
+    finally:
+        session.close()
+    agreement = compare_embeddings(OnnxRuntimeSession(onnx_path(tiny_onnx, "text")).run(tokens), om)
+    assert agreement["max_abs_diff"] > PRECISION_BOUNDS["fp32"]["max_abs_diff"] and agreement["min_cosine"] > 0.99
+
+
 def test_the_embedding_check_fails_on_swapped_or_reordered_outputs(tiny_onnx, prep_dir, tmp_path, same_embeddings):
     """Every image embedding stored under its neighbour's name (recall collapses), or one batch's rows in another
     order: the check that judges the NPU path must fail, however far the runs are apart."""

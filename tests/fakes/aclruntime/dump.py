@@ -189,7 +189,7 @@ class Dumper:
         if array.dtype == np.float32 and precision == "fp16":
             with np.errstate(over="ignore"):
                 return array.astype(np.float16)
-        return array  # fp32, and bf16 values (already bf16-rounded) as fp32: the kit never compiles bf16
+        return array  # fp32, and bf16 values (already bf16-rounded) as fp32: numpy has no bfloat16 type
 
     def _timestamp(self):
         self.stamp += 1

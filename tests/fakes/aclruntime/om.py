@@ -69,17 +69,17 @@ class Precision:
 
 def _rounding(value, precision, tag, make_node):
     """Nodes that take ``value`` through ``precision`` and back to float32 → (nodes, rounded value name). ONNX
-    Runtime before 1.17 drops a float→float16→float Cast pair as lossless even with its optimiser off; a Max of
-    the fp16 value with itself between them (which is that value) keeps the pair."""
+    Runtime before 1.17 drops a float→float16→float or float→bfloat16→float Cast pair as lossless even with its
+    optimiser off; an Identity between them keeps the pair. It holds because the session runs with every graph
+    optimisation off (eliminating an Identity is a basic one), and it has kernels for both types (Max has
+    none for bfloat16)."""
     from onnx import TensorProto
 
     narrow = {FP16: TensorProto.FLOAT16, BF16: TensorProto.BFLOAT16}[precision]
     stored = f"{value}::{tag}:{precision}"
-    nodes = [make_node("Cast", [value], [stored], to=narrow, name=f"{stored}/store")]
-    if precision == FP16:
-        nodes.append(make_node("Max", [stored, stored], [f"{stored}/held"], name=f"{stored}/hold"))
-        stored = f"{stored}/held"
-    nodes.append(make_node("Cast", [stored], [f"{stored}/read"], to=TensorProto.FLOAT, name=f"{stored}/read"))
+    nodes = [make_node("Cast", [value], [stored], to=narrow, name=f"{stored}/store"),
+             make_node("Identity", [stored], [f"{stored}/held"], name=f"{stored}/hold"),
+             make_node("Cast", [f"{stored}/held"], [f"{stored}/read"], to=TensorProto.FLOAT, name=f"{stored}/read")]
     return nodes, f"{stored}/read"
 
 
