@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "openclip_ascend"
-BASE = {"files", "cli", "stack", "markdown", "agreement", "__init__"}
+BASE = {"files", "cli", "stack", "markdown", "agreement", "onnx_runtime", "__init__"}
 LAYERS = [BASE, {"model"}, {"data"}, {"ascend", "run"}, {"evaluate"}, {"report"}]  # lowest first; the rest: orchestration
 
 

@@ -15,6 +15,7 @@ import torch
 
 from ..agreement import compare_embeddings
 from ..files import KitError, staging_dir
+from ..onnx_runtime import INPUT_TYPES, load_session
 from .text_lengths import DYNAMIC_LENGTH, text_graph
 from .towers import TOWERS, attend, example_inputs, input_geometry, plain_self_attention, tower_module, trims_exactly
 
@@ -165,11 +166,9 @@ def onnx_runtime(path):
     """``run(inputs)`` of a one-input graph on ONNX Runtime's CPU provider, the inputs cast to the graph's own
     type (an NPU text graph takes int32 tokens): the export checks itself with ONNX Runtime directly, since the
     kit's sessions (run/) are built on the model, not under it."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = load_session(path)
     graph_input = session.get_inputs()[0]
-    dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}[graph_input.type]
+    dtype = INPUT_TYPES[graph_input.type]
     return lambda inputs: session.run(None, {graph_input.name: np.ascontiguousarray(inputs, dtype=dtype)})[0]
 
 

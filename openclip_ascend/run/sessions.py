@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import KitError
+from ..onnx_runtime import INPUT_TYPES, load_session
 
 BACKENDS = ("auto", "onnxruntime", "torch", "ascend")
 # numpy 1.x computes float limits lazily and warns when it does so after ONNX Runtime has set the
@@ -51,14 +52,8 @@ class OnnxRuntimeSession:
     def __init__(self, path, intra_op_threads=0, device="cpu"):
         import onnxruntime as ort
 
-        path = Path(path)
-        if not path.is_file():
-            raise KitError(f"{path}: ONNX model not found; export it with openclip_torch2onnx.py")
         providers = execution_providers(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise KitError(f"{path}: ONNX Runtime cannot load this model ({str(exc).splitlines()[0]})") from exc
+        self.session = load_session(path, session_options(intra_op_threads), providers)
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise KitError(f"{path}: ONNX Runtime fell back to the CPU (CUDA libraries or GPU missing); check "
                            "`nvidia-smi` and the CUDA/cuDNN versions onnxruntime-gpu was built for")
@@ -70,8 +65,7 @@ class OnnxRuntimeSession:
                            "re-export with openclip_torch2onnx.py, which exports each tower alone")
         self.input_name = inputs[0].name
         self.input_shape = tuple(dim if isinstance(dim, int) else None for dim in inputs[0].shape)
-        self.input_dtype = np.dtype({"tensor(float)": np.float32, "tensor(int64)": np.int64,
-                                     "tensor(int32)": np.int32, "tensor(float16)": np.float16}[inputs[0].type])
+        self.input_dtype = np.dtype(INPUT_TYPES[inputs[0].type])
         self.output_name = outputs[0].name
         if self.input_dtype.kind == "i" and len(self.input_shape) == 2 and self.input_shape[1] is None:
             context = self.session.get_modelmeta().custom_metadata_map.get("context_length", "")
