@@ -101,11 +101,17 @@ def test_valid_unusual_images_are_processed_as_open_clip_does(tmp_path, tiny_mod
         assert np.array_equal(np.load(tmp_path / "out" / "images" / f"{stem}.npy"), expected), name
 
 
-def test_decompression_bomb_is_named(tmp_path, monkeypatch):
+def test_decompression_bomb_is_named(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 60×40 = 2400 px > 2 × limit
     folder = make_data(tmp_path / "d", {"big.jpg": jpeg_bytes()})
     with pytest.raises(KitError, match=r"big\.jpg: larger than Pillow's decompression-bomb limit"):
         preprocess(folder, tmp_path / "out")
+    # the export's --image tracing input is read as step 1 reads its images
+    from openclip_ascend.data.preprocess import given_examples
+    from openclip_ascend.model.loading import TINY_MODEL
+
+    with pytest.raises(KitError, match=r"--image .*big\.jpg: larger than Pillow's decompression-bomb limit .*; pass"):
+        given_examples(tiny_model, TINY_MODEL, image=folder / "big.jpg")
 
 
 def test_missing_image_stop_and_skip(tmp_path):

@@ -53,16 +53,24 @@ def _init_worker(config_dict, pool_worker=False):
     _worker_preprocessor = ImagePreprocessor(PreprocessConfig.from_dict(config_dict))
 
 
+def read_pixels(path, preprocessor):
+    """The preprocessed (C, H, W) pixels of the image at ``path``; ValueError(the reason it cannot be used)."""
+    try:
+        with Image.open(path) as img:
+            return preprocessor(img)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"larger than Pillow's decompression-bomb limit ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # unreadable, truncated, not an image
+        raise ValueError(f"cannot be read as an image ({exc})") from exc
+
+
 def _convert_image(job):
     """(source, target) → None on success, else the reason the image cannot be used."""
     source, target = job
     try:
-        with Image.open(source) as img:
-            pixels = _worker_preprocessor(img)
-    except Image.DecompressionBombError as exc:
-        return f"larger than Pillow's decompression-bomb limit ({exc})"
-    except (OSError, ValueError, SyntaxError) as exc:  # unreadable, truncated, not an image
-        return f"cannot be read as an image ({exc})"
+        pixels = read_pixels(source, _worker_preprocessor)
+    except ValueError as exc:
+        return str(exc)
     save_npy(target, pixels[None])
     return None
 
@@ -210,10 +218,9 @@ def given_examples(model, model_name, pretrained=None, image=None, text=None):
     examples = {}
     if image:
         try:
-            with Image.open(image) as img:
-                pixels = ImagePreprocessor(preprocess_config(model, model_name, pretrained))(img)
-        except (OSError, ValueError) as exc:
-            raise KitError(f"--image {image}: cannot be read as an image ({exc}); pass a JPEG or PNG file") from exc
+            pixels = read_pixels(image, ImagePreprocessor(preprocess_config(model, model_name, pretrained)))
+        except ValueError as exc:
+            raise KitError(f"--image {image}: {exc}; pass a JPEG or PNG file") from exc
         examples["vision"] = pixels[None]
     if text:
         examples["text"] = np.ascontiguousarray(Tokenizer(model_name)([text])[:1])
