@@ -282,9 +282,9 @@ def _precision_search(config):
         config.log("python", "openclip_precision.py", "search", "--model-name", config.model_name, "--pretrained",
                    config.pretrained, "--prep", config.prep, "--tower", tower, "--output-dir", out,
                    *(["--soc-version", config.soc_version] if config.soc_version else []))
-        record = run_search(prepare(config.onnx_prefix, config.prep, tower, out), 16, 0.002, 0.99,
-                            config.soc_version or "")
-        found[tower] = {key: record[key] for key in ("fp32", "fp16", "kept", "found", "keep_scopes", "recall_bound")}
+        record = run_search(prepare(config.onnx_prefix, config.prep, tower, out), soc_version=config.soc_version or "")
+        found[tower] = {key: record[key] for key in ("fp32", "fp16", "kept", "found", "keep_scopes", "recall_bound",
+                                                     "min_cosine_bound")}
         found[tower].update(nodes=len(record["keep"]), keep_file=str(out / f"keep_dtype_{tower}.cfg"))
     return found
 

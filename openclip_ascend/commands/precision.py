@@ -30,6 +30,7 @@ the OM was compiled from when it is not the one this command exports.
 
 import argparse
 
+from ..evaluate.verdict import MIN_COSINE, RECALL_BOUND
 from ..model.loading import DEFAULT_PRETRAINED
 from . import described
 
@@ -44,10 +45,10 @@ def main(argv=None, prog=None):
     parser.add_argument("--tower", required=True, choices=["vision", "text"])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--samples", type=int, default=16, help="inputs the per-node comparison reads (default 16)")
-    parser.add_argument("--recall-bound", type=float, default=0.002,
-                        help="largest recall@5 loss against fp32 a keep set may leave (default 0.002)")
-    parser.add_argument("--min-cosine", type=float, default=0.99,
-                        help="smallest cosine to fp32 of any embedding a keep set may leave (default 0.99)")
+    parser.add_argument("--recall-bound", type=float, default=RECALL_BOUND,
+                        help=f"largest recall@5 loss against fp32 a keep set may leave (default {RECALL_BOUND:g})")
+    parser.add_argument("--min-cosine", type=float, default=MIN_COSINE,
+                        help=f"smallest cosine to fp32 of any embedding a keep set may leave (default {MIN_COSINE:g})")
     parser.add_argument("--soc-version", default="",
                         help="the chip: on Ascend310P* only vector ops are kept (no fp32 matrix products there)")
     parser.add_argument("--onnx", help="the tower's fp32 graph (default: exported into OUTPUT_DIR/models)")

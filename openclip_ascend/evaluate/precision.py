@@ -24,6 +24,7 @@ from ..files import KitError, atomic_path, write_text
 from ..run.runner import batches_of, embed_all, padded_batches
 from ..run.sessions import OnnxRuntimeSession, session_options
 from .metrics import evaluate_retrieval
+from .verdict import MIN_COSINE, RECALL_BOUND, RECALL_KEYS
 
 # A node's error "jumps" — fp16 does harm there — when it overflows where its inputs did not, or when
 # its relative error is JUMP_FACTOR times its inputs' and large in itself (≥ JUMP_FLOOR: fp16 storage
@@ -518,8 +519,7 @@ class KeepSearch:
         with np.errstate(invalid="ignore", divide="ignore"):
             metrics = self._metrics(embeds)
             cosine = compare_embeddings(self.fp32_embeds, embeds)["min_cosine"]
-        within = all(abs(metrics[key] - self.fp32[key]) <= self.recall_bound + 1e-12 for key in self.fp32
-                     if "@5" in key)
+        within = all(abs(metrics[key] - self.fp32[key]) <= self.recall_bound + 1e-12 for key in RECALL_KEYS)
         return Evaluation(sorted(keep), metrics, cosine, within and cosine >= self.min_cosine)
 
 
@@ -777,8 +777,9 @@ def run_locate_on_npu(job, om, samples, device=0):
     return run_locate_dump(job, batches, folder / "dump", f"NPU dump of {Path(om).name}")
 
 
-def run_search(job, samples, recall_bound, min_cosine, soc_version=""):
-    """Locate, then search; writes ``keep_dtype_{tower}.cfg`` and ``precision_{tower}.json``."""
+def run_search(job, samples=16, recall_bound=RECALL_BOUND, min_cosine=MIN_COSINE, soc_version=""):
+    """Locate, then search; writes ``keep_dtype_{tower}.cfg`` and ``precision_{tower}.json``. The bounds are the
+    verdict's: a keep set is good enough where the report's PASS would hold."""
     from ..ascend.atc import is_310p
     from ..files import write_json
 

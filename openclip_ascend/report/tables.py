@@ -1,7 +1,9 @@
 """Result tables as Markdown (for a README), CSV (for a spreadsheet) and the terminal."""
 
+from ..evaluate.metrics import DEFAULT_RECALL_K
+
 RECALL_COLUMNS = [(f"{direction}_retrieval_recall@{k}", f"{label} R@{k}")
-                  for direction, label in (("image", "image"), ("text", "text")) for k in (1, 5, 10)]
+                  for direction, label in (("image", "image"), ("text", "text")) for k in DEFAULT_RECALL_K]
 
 
 def metrics_line(result, k=5):

@@ -140,6 +140,7 @@ def _precision_search_section(searched):
     def r5(metrics):
         return f"{metrics['image_retrieval_recall@5']:.4f} / {metrics['text_retrieval_recall@5']:.4f}"
 
+    bounds = next(iter(searched.values()))  # every tower is searched with the same bounds
     rows = [[tower, r5(entry["fp32"]), r5(entry["fp16"]),
              r5(entry["kept"]) if entry["found"] else "not found", entry["nodes"],
              ", ".join(f"`{scope}`" for scope in entry["keep_scopes"]) or "—"] for tower, entry in searched.items()]
@@ -147,8 +148,8 @@ def _precision_search_section(searched):
             markdown_table(["tower searched", "fp32 R@5 (image / text)", "fp16 R@5", "fp16 + keep set R@5",
                             "nodes kept in fp32", "scopes"], rows), "",
             "The other tower runs fp32 while one is searched. A keep set is the smallest found that brings recall@5 "
-            f"within {next(iter(searched.values()))['recall_bound']:g} of fp32 (and every embedding to cosine ≥ "
-            "0.99); step 3 compiles with it (`PRECISION=keep:FILE`). See `precision/` for every node's error.", ""]
+            f"within {bounds['recall_bound']:g} of fp32 (and every embedding to cosine ≥ "
+            f"{bounds.get('min_cosine_bound', MIN_COSINE):g}); step 3 compiles with it (`PRECISION=keep:FILE`). See `precision/` for every node's error.", ""]
 
 
 def describe_data(results, task="retrieval"):
