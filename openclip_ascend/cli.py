@@ -5,7 +5,7 @@ import signal
 import sys
 
 from .files import KitError
-from .stack import REQUIREMENTS
+from .stack import REQUIREMENTS, check_versions
 
 
 def _terminate(signum, frame):
@@ -33,8 +33,6 @@ def run(main):
     """Call ``main()`` and exit with the kit's codes: a KitError (or a missing requirement) is one line on
     stderr and exit 2; Ctrl-C or SIGTERM exit 130; any other exception is a bug: its traceback, then one
     line, exit 3 — distinct from a failed check's 1, so ``steps/run_all.sh`` stops on it."""
-    from .stack import check_versions
-
     signal.signal(signal.SIGTERM, _terminate)
     try:
         check_versions()

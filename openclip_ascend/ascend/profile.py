@@ -129,5 +129,3 @@ def profile_om(om, batch, loops, out_dir, fps, flop, dym_batch=False):
     on_cpu = ai_cpu_ops(read_table(collections, "op_summary", log))
     return {"om": str(om), "batch_size": batch, "command": shlex.join(command), "ops": shares, "ai_cpu_ops": on_cpu,
             "fps": fps, "flop_per_sample": flop, "achieved_tflops": flop * fps / 1e12}
-
-

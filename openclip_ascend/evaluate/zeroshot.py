@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..files import KitError, read_json, save_npy, write_json
+from ..model.loading import ASSETS
 from .metrics import normalised
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
-BUILTIN = Path(__file__).resolve().parents[1] / "assets" / "zeroshot_datasets.json"
+BUILTIN = ASSETS / "zeroshot_datasets.json"
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
 
 

@@ -224,5 +224,3 @@ def model_skeleton(model_name):
     on_meta = hasattr(meta, "__enter__")
     with quiet_root_logger(), (meta if on_meta else contextlib.nullcontext()):
         return open_clip.create_model(model_name, pretrained=None, device="meta" if on_meta else "cpu")
-
-

@@ -174,20 +174,20 @@ def example_inputs(model, tower, batch, seed=0, max_tokens=None):
     return tokens
 
 
-def attend(attention, query, context, attn_mask=None, static=True, linear=F.linear):
+def attend(attention, query, context, attn_mask=None, static=True):
     """nn.MultiheadAttention (batch-first, packed in-projection) of ``query`` [B, Lq, D] over
     ``context`` [B, L, D], as separate q/k/v projections and 4-D MatMul/Softmax: no 5-D transposes
     for atc, fewer copies for ONNX Runtime (≈ 5 % faster on ViT-B-32), the same result within float
     rounding (the export parity check guards it). ``attn_mask`` broadcasts against [B, heads, Lq, L].
     ``static``: the sequence lengths are fixed by the model; as Python ints (and -1 for the batch) they
-    become constant Reshape targets instead of Shape/Gather/Concat chains in the graph. ``linear``: how
-    the projections multiply (the NPU graph's 2-D products)."""
-    heads = attention_heads(attention, query, context, attn_mask, static, linear)
-    return linear(heads, attention.out_proj.weight, attention.out_proj.bias)
+    become constant Reshape targets instead of Shape/Gather/Concat chains in the graph."""
+    heads = attention_heads(attention, query, context, attn_mask, static)
+    return F.linear(heads, attention.out_proj.weight, attention.out_proj.bias)
 
 
 def attention_heads(attention, query, context, attn_mask=None, static=True, linear=F.linear):
-    """``attend`` up to the out-projection: the heads merged back to [B, Lq, D]."""
+    """``attend`` up to the out-projection: the heads merged back to [B, Lq, D]. ``linear``: how the
+    projections multiply (the NPU graph's 2-D products)."""
     queries, length, width = query.shape[1], context.shape[1], int(context.shape[2])
     if static:
         queries, length = int(queries), int(length)

@@ -4,9 +4,9 @@ up for a run so the report and results.json show them beside what was measured â
 import json
 from pathlib import Path
 
-from ..model.loading import is_random_weights
+from ..model.loading import ASSETS, is_random_weights
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "assets" / "published.json"
+PUBLISHED = ASSETS / "published.json"
 
 
 def _applies(entry, model_name, pretrained):
