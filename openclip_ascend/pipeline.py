@@ -585,7 +585,8 @@ def step_report(config):
     from .settings import recorded
 
     path, published = write_report(config.output_dir, config.stale, recorded(config.output_dir))
-    print(f"report: {path} (results.json, accuracy.png and throughput.png beside it)")
+    beside = [name for name in ("results.json", "accuracy.png", "throughput.png") if (path.parent / name).is_file()]
+    print(f"report: {path} ({', '.join(beside)} beside it)")
     accuracy = config.output_dir / "accuracy.json"
     if accuracy.is_file():
         for line in terminal_lines(judge(read_json(accuracy))):

@@ -308,6 +308,17 @@ def test_the_verdict_names_the_chip_of_an_npu_run_only_when_known(tmp_path):
     assert "| ascend | OM on the NPU (Ascend910B4) |" in report and "| device | NPU Ascend910B4 |" in report
 
 
+def test_step_7_names_the_files_it_wrote(tmp_path, capsys):
+    """A run without step 6 has no throughput plot: the report's line names only what is there."""
+    from openclip_ascend import pipeline
+
+    _write_run(tmp_path, "laion2b_s34b_b79k")
+    (tmp_path / "accuracy.png").write_bytes(b"")  # step 5's plot
+    pipeline.step_report(RunConfig(tmp_path, backend="onnxruntime"))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("report: "))
+    assert line == f"report: {tmp_path / 'report.md'} (results.json, accuracy.png beside it)"
+
+
 def test_published_figures_sit_beside_the_run_for_the_published_model(tmp_path):
     from openclip_ascend.report.writer import write_report
 
