@@ -22,6 +22,10 @@ def imports(path):
     """The kit's units (packages, or top-level modules) ``path`` imports."""
     folder = list(path.relative_to(PACKAGE).parts[:-1])
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):  # import openclip_ascend.x.y
+            yield from (unit_of(alias.name.split(".")[1:]) for alias in node.names
+                        if alias.name.startswith("openclip_ascend."))
+            continue
         if not isinstance(node, ast.ImportFrom):
             continue
         if node.level:

@@ -19,7 +19,7 @@ from openclip_ascend.evaluate.precision import (NodeError, SlicedGraph, as_is, e
                                                 locate, mark_jumps, prepare, run_batch_major, run_locate, run_search,
                                                 run_slice_major, traced_nodes)
 from openclip_ascend.files import KitError
-from openclip_ascend.model.export import export_model, round_like_fp16
+from openclip_ascend.model.export import export_model, onnx_path, round_like_fp16
 from openclip_ascend.model.loading import TINY_MODEL
 from openclip_ascend.run.runner import batches_of
 
@@ -333,7 +333,7 @@ def test_weights_in_external_data_are_read_slice_by_slice(tiny_onnx, prep_dir, t
     each slice reads its own: the same per-node errors as the graph with its weights inside."""
     import onnx
 
-    inline = f"{tiny_onnx}_vision.onnx"
+    inline = str(onnx_path(tiny_onnx, "vision"))
     external = tmp_path / "external.onnx"
     onnx.save(onnx.load(inline), str(external), save_as_external_data=True, location="external.onnx.data")
     sliced = SlicedGraph(external, 2)

@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
 
 
-def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
-    from openclip_ascend.model.export import export_npu_graphs
+def test_presets_become_flags_graphs_and_tags(tiny_model, tiny_onnx, tmp_path):
+    """On a copy of the session's export: the NPU graphs this test writes stay out of the shared folder."""
+    import shutil
+
+    from openclip_ascend.model.export import export_npu_graphs, onnx_path
+
+    prefix = tmp_path / tiny_onnx.name
+    for tower in ("vision", "text"):
+        shutil.copy(onnx_path(tiny_onnx, tower), onnx_path(prefix, tower))
 
     variants = parse_variants("base,npu+hp,smallch+nofuseattn,npu+padrows+qkv")
     assert [v.tag for v in variants] == ["", "npu_hp", "smallch_nofuseattn", "padrows_qkv"]  # a graph option implies npu
@@ -35,16 +42,13 @@ def test_presets_become_flags_graphs_and_tags(tiny_onnx, tmp_path):
         parse_variants("padrows+nopad")
     auto = parse_variants("auto")
     assert {"padrows", "nopad", "qkv", "argmax", "hp", "smallch", "nofuseattn"} <= {p for v in auto for p in v.parts}
-    from openclip_ascend.model.loading import TINY_MODEL, TINY_WEIGHTS, load_model
-
     with pytest.raises(KitError, match=r"tiny_vision_npu_padrows_qkv.onnx not found; export it with "
                                        r"openclip_torch2onnx.py --npu-graph padrows,qkv$"):
-        variant_jobs(tiny_onnx, variants[3], ("vision", "text"), [8], "Ascend310P3", tmp_path)
-    model = load_model(TINY_MODEL, str(TINY_WEIGHTS))
+        variant_jobs(prefix, variants[3], ("vision", "text"), [8], "Ascend310P3", tmp_path)
     for graph_options in (variants[1].graph_options, variants[3].graph_options):
-        export_npu_graphs(model, tiny_onnx, check=False, options=graph_options)
+        export_npu_graphs(tiny_model, prefix, check=False, options=graph_options)
     jobs = {(job.tower, job.output.name): job.command for v in variants
-            for job in variant_jobs(tiny_onnx, v, ("vision", "text"), [8], "Ascend310P3", tmp_path)}
+            for job in variant_jobs(prefix, v, ("vision", "text"), [8], "Ascend310P3", tmp_path)}
     assert set(jobs) == {("vision", "tiny_vision_bs8"), ("text", "tiny_text_bs8"),
                          ("vision_npu", "tiny_vision_npu_bs8_npu_hp"), ("text_npu", "tiny_text_npu_bs8_npu_hp"),
                          ("vision", "tiny_vision_bs8_smallch_nofuseattn"), ("text", "tiny_text_bs8_smallch_nofuseattn"),
