@@ -17,11 +17,14 @@ def _applies(entry, model_name, pretrained):
     return pretrained == entry["pretrained"] or Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors")
 
 
-def published_accuracy(model_name, pretrained, task, dataset):
-    """[{source, pretrained, metrics}] published for this model on ``task`` over ``dataset``."""
+def published_accuracy(model_name, pretrained, task, dataset, images):
+    """[{source, pretrained, metrics}] published for this model on ``task`` over ``dataset`` with as many
+    ``images`` as the run had: a subset's recall is not the whole set's, and one query of a smaller set would
+    stretch the bound it is held to."""
     data = json.loads(PUBLISHED.read_text(encoding="utf-8"))
     return [{key: entry[key] for key in ("source", "pretrained", "metrics")} for entry in data["accuracy"]
-            if entry["task"] == task and entry["dataset"] == dataset and _applies(entry, model_name, pretrained)]
+            if entry["task"] == task and entry["dataset"] == dataset and entry["images"] == images
+            and _applies(entry, model_name, pretrained)]
 
 
 def published_throughput(model_name, pretrained):

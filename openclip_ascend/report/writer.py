@@ -77,11 +77,13 @@ def _dataset(results, task):
 
 
 def _published(results, run_dir):
-    """{task: published entries that apply to this run's model, weights and data set} and the published
+    """{task: published entries that apply to this run's model, weights, data set and its size} and the published
     throughput entries (figures others measured: shown beside this run's, never as its own)."""
     model, pretrained = results.get("model_name"), results.get("pretrained")
     runs = {"retrieval": run_dir / "accuracy.json", "zeroshot": run_dir / "zeroshot.json"}
-    accuracy = {task: published_accuracy(model, pretrained, task, _dataset(results, task))
+    prepared = results.get("preprocess") or {}
+    accuracy = {task: published_accuracy(model, pretrained, task, _dataset(results, task),
+                                         (prepared.get(task) or {}).get("images"))
                 for task, path in runs.items() if path.is_file()}
     return {task: entries for task, entries in accuracy.items() if entries}, published_throughput(model, pretrained)
 
