@@ -90,12 +90,15 @@ def _published(results, run_dir):
 
 def _published_zeroshot_lines(entries, accuracy):
     keys = [key for key in PUBLISHED_ZEROSHOT_KEYS if any(key in e["metrics"] for e in entries)]
-    measured = {}
-    for entry in accuracy:  # each backend at its smallest batch size
-        measured.setdefault(entry["backend"], entry["metrics"])
+    measured = {}  # backend → key → (low, high) over its batch sizes, shown as the verdict shows a range
+    for entry in accuracy:
+        ranges = measured.setdefault(entry["backend"], {})
+        for key in keys:
+            low, high = ranges.get(key, (1.0, 0.0))
+            ranges[key] = (min(low, entry["metrics"][key]), max(high, entry["metrics"][key]))
     headers = ["figure"] + [f"published: {e['source']}" for e in entries] + [f"{b}, this run" for b in measured]
     rows = [[key] + [f"{e['metrics'][key]:.4f}" if key in e["metrics"] else "" for e in entries]
-            + [f"{m[key]:.4f}" for m in measured.values()] for key in keys]
+            + [span(ranges[key]) for ranges in measured.values()] for key in keys]
     return [markdown_table(headers, rows), ""]
 
 
