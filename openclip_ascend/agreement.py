@@ -1,6 +1,8 @@
 """How close two sets of embeddings are — the figures every parity check and comparison in the kit reads
 (export against PyTorch, a backend against PyTorch, an OM against ONNX Runtime). Needs numpy only."""
 
+import math
+
 import numpy as np
 
 
@@ -16,3 +18,12 @@ def compare_embeddings(reference, candidate):
     cosine = np.where(np.isfinite(cosine), cosine, -1.0)
     return {"max_abs_diff": float(np.abs(reference - candidate).max()),
             "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+
+
+def cosine_text(cosine, digits=6):
+    """``digits`` decimals, rounded down: 0.9999996 never reads 1.000000, nor 0.98996 0.9900 beside a 0.99 bound
+    (the 1e-9 only keeps a binary 0.99 from reading 0.9899)."""
+    if not math.isfinite(cosine):
+        return str(cosine)
+    scale = 10 ** digits
+    return f"{math.floor(cosine * scale + 1e-9) / scale:.{digits}f}"

@@ -264,7 +264,7 @@ def smoke(out_dir, soc, npu):
         return checks, record
     if not soc:
         return checks + [Check("smoke: NPU path", FAIL, "no soc version", "pass --soc-version")], record
-    from .agreement import compare_embeddings
+    from .agreement import compare_embeddings, cosine_text
     from .ascend.atc import plan_jobs, run_jobs
     from .run.sessions import AscendSession, OnnxRuntimeSession
 
@@ -294,7 +294,7 @@ def smoke(out_dir, soc, npu):
     record["agreement"] = agreement
     worst_cosine = min(entry["min_cosine"] for entry in agreement.values())
     ok = worst_cosine >= SMOKE_MIN_COSINE
-    found = "; ".join(f"{tower} min cosine {entry['min_cosine']:.6f}, max abs diff {entry['max_abs_diff']:.1e}"
+    found = "; ".join(f"{tower} min cosine {cosine_text(entry['min_cosine'])}, max abs diff {entry['max_abs_diff']:.1e}"
                       for tower, entry in agreement.items())
     return checks + [Check("smoke: NPU path", OK if ok else FAIL,
                            f"tiny model OMs ({soc}, batch 1) against ONNX Runtime fp32: {found}",

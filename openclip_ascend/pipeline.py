@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .agreement import cosine_text
 from .files import KitError, read_json, write_json
 from .model.loading import TINY_MODEL, default_pretrained, is_random_weights, onnx_prefix
 from .model.text_lengths import DYNAMIC_LENGTH, text_graph
@@ -469,7 +470,7 @@ def _retrieval_accuracy(config, read):
         write_json(config.output_dir / "aipp_estimate.json", cost)
         print(f"AIPP estimate (uint8 input, fp16 normalisation on the chip, emulated): image R@5 "
               f"{cost['aipp']['image_retrieval_recall@5']:.4f} (float input {cost['float']['image_retrieval_recall@5']:.4f}), "
-              f"vision min cosine to the float path {cost['vision_agreement']['min_cosine']:.6f}")
+              f"vision min cosine to the float path {cosine_text(cost['vision_agreement']['min_cosine'])}")
     if config.reference:
         print(save_table(config.output_dir / "accuracy_vs_torch", *comparison_table(accuracy),
                          title="Against PyTorch: recall@5 and embedding agreement"))

@@ -4,7 +4,7 @@ said once per metric, and best figures never marked on noisy timings."""
 import numpy as np
 import pytest
 
-from openclip_ascend.agreement import compare_embeddings
+from openclip_ascend.agreement import compare_embeddings, cosine_text
 from openclip_ascend.evaluate.verdict import FAIL, PASS, judge
 from openclip_ascend.report.tables import collapse_batches, throughput_table, tie_summary, tower_throughput_table
 
@@ -54,6 +54,15 @@ def test_an_embedding_without_direction_fails_the_verdict(broken):
     accuracy = [entry("torch", 4, 0.918, 0.940), entry("ascend", 4, 0.918, 0.940, cosine)]
     (ascend,) = [v for v in judge(accuracy) if v["backend"] == "ascend"]
     assert ascend["verdict"] == FAIL and ascend["min_cosine"]["vision"] == -1.0
+
+
+def test_cosines_are_shown_rounded_down():
+    """A cosine never reads better than it is: not 1 when it is not, not at the 0.99 bound when below it."""
+    assert cosine_text(0.9999996) == "0.999999" and cosine_text(0.9999996, 5) == "0.99999"
+    assert cosine_text(0.99, 4) == "0.9900" and cosine_text(1.0, 5) == "1.00000" and cosine_text(float("nan")) == "nan"
+    accuracy = [entry("torch", 4, 0.918, 0.940), entry("ascend", 4, 0.918, 0.940, cosine=0.98996)]
+    (ascend,) = [v for v in judge(accuracy) if v["backend"] == "ascend"]
+    assert ascend["reasons"] == ["bs 4: a vision embedding at cosine 0.9899"]
 
 
 def test_identical_rows_are_collapsed_and_different_ones_kept():

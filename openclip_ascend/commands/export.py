@@ -20,6 +20,7 @@ the sweep's variants (npu, padrows, nopad, qkv, argmax).
 
 import argparse
 
+from ..agreement import cosine_text
 from ..cli import print_result
 from ..model.export import DEFAULT_OPSET
 from ..model.loading import DEFAULT_PRETRAINED, TINY_MODEL
@@ -75,6 +76,6 @@ def main(argv=None, prog=None):
             label = f"--{'image' if tower == 'vision' else 'text'}" if case == "given" else \
                 case if isinstance(case, str) else f"batch {case}"
             print(f"{tower} {label}: max abs diff {parity['max_abs_diff']:.2e}, "
-                  f"min cosine {parity['min_cosine']:.8f}")
+                  f"min cosine {cosine_text(parity['min_cosine'], 8)}")
     print_result({"model_name": args.model_name, "pretrained": args.pretrained,
                   "random_weights": is_random_weights(args.pretrained), "towers": report})

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..agreement import compare_embeddings
+from ..agreement import compare_embeddings, cosine_text
 from ..ascend.atc import CUBE_OPS
 from ..files import KitError, atomic_path, write_text
 from ..run.runner import batches_of, embed_all, padded_batches
@@ -448,11 +448,6 @@ def mark_jumps(nodes, graph, floats):
                                 f"(cosine ≥ {cosine_text(min(r.min_cosine for r in readers))})")
         passed[node.output] = upstream if node.contained else node.max_rel
     return nodes
-
-
-def cosine_text(cosine):
-    """Six decimals, rounded down: 0.9999996 never reads 1.000000."""
-    return f"{np.floor(cosine * 1e6) / 1e6:.6f}" if np.isfinite(cosine) else str(cosine)
 
 
 def first_jump(nodes):

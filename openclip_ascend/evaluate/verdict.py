@@ -7,6 +7,8 @@ images), and every embedding is at cosine ≥ ``MIN_COSINE`` to PyTorch's for th
 choose the sweep's variant. Without the PyTorch reference (``REFERENCE=0``) nothing is judged, and it says so.
 """
 
+from ..agreement import cosine_text
+
 RECALL_BOUND = 0.002
 MIN_COSINE = 0.99
 RECALL_KEYS = ("image_retrieval_recall@5", "text_retrieval_recall@5")
@@ -68,7 +70,7 @@ def judge(accuracy):
             cosine = min(record["min_cosine"].get(tower, 1.0), agreement["min_cosine"])
             record["min_cosine"][tower] = cosine
             if agreement["min_cosine"] < MIN_COSINE:
-                record["reasons"].append(f"bs{batch}: a {tower} embedding at cosine {agreement['min_cosine']:.4f}")
+                record["reasons"].append(f"bs{batch}: a {tower} embedding at cosine {cosine_text(agreement['min_cosine'], 4)}")
     for record in verdicts.values():
         record["reasons"] = _by_batch(record["reasons"])
         record["verdict"] = FAIL if record["reasons"] else (PASS if record["judged"] else NOT_JUDGED)

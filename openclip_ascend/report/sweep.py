@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..agreement import cosine_text
 from ..evaluate.verdict import MIN_COSINE, RECALL_BOUND, RECALL_KEYS
 from ..files import KitError, write_json
 from ..markdown import markdown_table, save_table
@@ -278,7 +279,7 @@ def variant_table(record):
     rows = [[r["variant"], r["batch_size"]] + [f"{r['fps'][t]:.1f}" + (" (noisy)" if r["noisy"][t] else "")
                                                 for t in towers]
             + [f"{r['metrics'][k]:.4f}" for k in RECALL_KEYS]
-            + [f"{r['min_cosine'][t]:.6f}" for t in towers]
+            + [cosine_text(r["min_cosine"][t]) for t in towers]
             + ["yes" if r["accuracy_ok"] else "**no**"] + [r["builds"][t] for t in towers]
             for r in record["rows"] + record["chosen_rows"]]
     rows += [[f["variant"], f["batch_size"], f"compile failed ({f['code']}, {f['tower']})"] + [""] * 8

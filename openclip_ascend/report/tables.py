@@ -1,5 +1,6 @@
 """Result tables as Markdown (for a README), CSV (for a spreadsheet) and the terminal."""
 
+from ..agreement import cosine_text
 from ..evaluate.metrics import DEFAULT_RECALL_K
 
 RECALL_COLUMNS = [(f"{direction}_retrieval_recall@{k}", f"{label} R@{k}")
@@ -106,7 +107,7 @@ def comparison_table(accuracy, reference="torch"):
             continue
         base = ref.get(r["batch_size"], {})
         agreement = r.get("agreement", {})
-        cosines = [f"{agreement[t]['min_cosine']:.6f}" if t in agreement else "" for t in ("vision", "text")]
+        cosines = [cosine_text(agreement[t]["min_cosine"]) if t in agreement else "" for t in ("vision", "text")]
         worst = max((a["max_abs_diff"] for a in agreement.values()), default=None)
         rows.append([r["backend"], r["batch_size"],
                      f"{r['metrics']['image_retrieval_recall@5']:.4f}", _fmt(base.get("image_retrieval_recall@5")),
@@ -126,7 +127,7 @@ def zeroshot_table(accuracy):
         agreement = r.get("agreement", {})
         rows.append([r["backend"], r["batch_size"]] + [f"{r['metrics'][key]:.4f}{tie}" for key in
                                                          ("acc1", "acc5", "mean_per_class_recall")]
-                    + [f"{agreement[t]['min_cosine']:.6f}" if t in agreement else "" for t in ("vision", "text")]
+                    + [cosine_text(agreement[t]["min_cosine"]) if t in agreement else "" for t in ("vision", "text")]
                     + [check_cell(r)])
     return headers, rows
 

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from ..agreement import cosine_text
 from ..evaluate.postprocess import failed_checks
 from ..evaluate.verdict import MIN_COSINE, RECALL_BOUND, against_published, describe_backend, judge, span
 from ..files import read_json, write_text
@@ -193,7 +194,7 @@ def _verdict_section(accuracy, soc_version, published):
              describe_backend(v["backend"], soc_version), span(v["recall"]["image_retrieval_recall@5"]),
              span(v["recall"]["text_retrieval_recall@5"]),
              "" if v["gap"] is None else f"{v['gap']:.4f}",  # nothing compared: no gap to show
-             " / ".join(f"{v['min_cosine'][t]:.5f}" for t in ("vision", "text") if t in v["min_cosine"]),
+             " / ".join(cosine_text(v["min_cosine"][t], 5) for t in ("vision", "text") if t in v["min_cosine"]),
              ", ".join(map(str, v["batch_sizes"]))] for v in verdicts]
     lines = ["## Verdict", "", markdown_table(["verdict", "backend", "what it is", "image R@5", "text R@5",
                                                "worst R@5 gap to PyTorch", "min cosine vision / text", "batch sizes"],
@@ -383,7 +384,7 @@ def write_report(run_dir, stale=None, settings=()):
         sections += ["## AIPP estimate (CPU emulation: uint8 input, normalisation in fp16 on the chip)", "",
                      markdown_table(["vision input", "image R@5", "text R@5"], rows), "",
                      f"Vision embeddings against the float path: min cosine "
-                     f"{cost['vision_agreement']['min_cosine']:.6f}, max abs diff "
+                     f"{cosine_text(cost['vision_agreement']['min_cosine'])}, max abs diff "
                      f"{cost['vision_agreement']['max_abs_diff']:.2e} over {cost['images']} images; the graph runs "
                      "fp32 in both, so this is AIPP's cost alone. An estimate, not a measurement.", ""]
     if (run_dir / "zeroshot.json").is_file():
